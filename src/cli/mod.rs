@@ -1,0 +1,199 @@
+//! The command line: one module per subcommand, all driving the library.
+
+mod apply;
+mod graph;
+mod init;
+mod plan;
+mod schema;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use crate::diagnostic::Diagnostics;
+use crate::engine::{Engine, LockObserver, Resource};
+use crate::schema::SchemaResource;
+
+/// How long `apply` waits for another apply's lock unless told otherwise.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Plan and apply the operational state of an application.
+#[derive(Debug, Parser)]
+#[command(name = "opsplan", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The desired-state file.
+    #[arg(short, long, global = true, env = "OPSPLAN_CONFIG", default_value = DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+
+    /// More diagnostics on stderr: -v for debug, -vv for trace. RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// When to colour output.
+    #[arg(long, global = true, value_enum, default_value_t = ColorMode::Auto)]
+    pub color: ColorMode,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ColorMode {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Offline checks: configuration, migration files, dependencies.
+    Validate,
+    /// Compare live state with the configuration and show what apply would do.
+    Plan(plan::PlanArgs),
+    /// Take the lock, plan again, and carry out the plan in dependency order.
+    Apply(apply::ApplyArgs),
+    /// Draw the dependency graph.
+    Graph(graph::GraphArgs),
+    /// Write a starting ops.toml that runs with nothing installed.
+    Init,
+    /// Repair and adoption commands for the schema history.
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
+}
+
+/// Exit codes, the same in every command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success, nothing to do.
+    Clean,
+    /// Success, and there are changes (plan) or drift.
+    Changes,
+}
+
+/// An error already shown to the user, or one to show.
+#[derive(Debug)]
+pub enum Failure {
+    Diagnostics(Diagnostics),
+    Message(String),
+}
+
+impl From<Diagnostics> for Failure {
+    fn from(problems: Diagnostics) -> Self {
+        Failure::Diagnostics(problems)
+    }
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(&cli));
+    match result {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Changes) => ExitCode::from(2),
+        Err(Failure::Diagnostics(problems)) => {
+            let count = problems.len();
+            for problem in &problems.0 {
+                anstream::eprintln!("{} {problem}", error_label());
+            }
+            if count > 1 {
+                eprintln!("{count} problems found; nothing was changed.");
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Message(message)) => {
+            anstream::eprintln!("{} {message}", error_label());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn error_label() -> String {
+    let style = anstyle::Style::new()
+        .fg_color(Some(anstyle::AnsiColor::Red.into()))
+        .bold();
+    format!("{}error:{}", style.render(), style.render_reset())
+}
+
+async fn dispatch(cli: &Cli) -> Result<Outcome, Failure> {
+    match &cli.command {
+        Command::Validate => validate::run(cli).await,
+        Command::Plan(args) => plan::run(cli, args).await,
+        Command::Apply(args) => apply::run(cli, args).await,
+        Command::Graph(args) => graph::run(cli, args).await,
+        Command::Init => init::run(cli),
+        Command::Schema(command) => schema::run(cli, command).await,
+    }
+}
+
+/// The configuration, its resources, and their offline problems, all reported together.
+pub struct Loaded {
+    pub config: Config,
+    pub engine: Engine,
+    pub schema: Option<Arc<SchemaResource>>,
+}
+
+pub fn load(cli: &Cli) -> Result<Loaded, Failure> {
+    let config = Config::load(&cli.config)?;
+    let mut resources: Vec<Arc<dyn Resource>> = Vec::new();
+    let schema = config
+        .schema
+        .clone()
+        .map(|schema| Arc::new(SchemaResource::new(schema)));
+    if let Some(schema) = &schema {
+        resources.push(schema.clone());
+    }
+    let engine = Engine::new(resources)?;
+    let problems = engine.validate();
+    if !problems.is_empty() {
+        return Err(problems.into());
+    }
+    Ok(Loaded {
+        config,
+        engine,
+        schema,
+    })
+}
+
+impl Loaded {
+    pub async fn close(&self) {
+        if let Some(schema) = &self.schema {
+            schema.close().await;
+        }
+    }
+
+    pub fn lock_timeout(&self, flag: Option<Duration>) -> Duration {
+        flag.or(self.config.lock_timeout)
+            .unwrap_or(DEFAULT_LOCK_TIMEOUT)
+    }
+}
+
+/// Tells the user who holds the lock they are waiting for.
+pub struct StderrLockObserver;
+
+impl LockObserver for StderrLockObserver {
+    fn waiting(&self, address: &str, holder: &str) {
+        eprintln!("Waiting for the {address} lock, held by {holder}");
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("`{text}` is not a duration ({error}); write e.g. 30s, 5m, 1h"))
+}

@@ -1,0 +1,209 @@
+//! The interface every concern implements, and the planner that drives it.
+//!
+//! The engine knows addresses, fingerprints and changes. It knows nothing about SQL, key
+//! stores, SMTP or PromQL: each concern reads its own live state, compares it with its own
+//! desired state and applies its own changes.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+
+use crate::diagnostic::Diagnostics;
+use crate::graph::{Dependency, Graph};
+use crate::plan::{Change, Check, Fingerprint, Plan, ResourceFailure, ResourcePlan};
+
+/// An error from a concern; its message names the back end and the address it used.
+pub type ResourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whatever a concern read from its live system. Only that concern looks inside.
+pub type LiveState = Box<dyn Any + Send + Sync>;
+
+/// The result of comparing desired with live state.
+#[derive(Debug, Default)]
+pub struct Diff {
+    pub changes: Vec<Change>,
+    pub warnings: Vec<String>,
+    pub checks: Vec<Check>,
+    /// Reasons to refuse the plan outright; each names its file or record.
+    pub refusals: Vec<String>,
+    pub live_summary: String,
+}
+
+/// Told about waits, so that the user sees who holds a lock.
+pub trait LockObserver: Send + Sync {
+    fn waiting(&self, address: &str, holder: &str);
+}
+
+/// One node of the dependency graph.
+#[async_trait]
+pub trait Resource: Send + Sync {
+    /// A stable address such as `schema` or `keyset.hmac`.
+    fn address(&self) -> &str;
+
+    fn kind(&self) -> &'static str;
+
+    /// Where live state is read, with credentials removed.
+    fn live_source(&self) -> String;
+
+    /// Edges to other resources, explicit (`depends_on`) and implicit.
+    fn dependencies(&self) -> Vec<Dependency>;
+
+    /// Checks that need no live system.
+    fn validate(&self) -> Diagnostics;
+
+    /// Takes the back end's writer lock, waiting at most `timeout`. Reads need no lock.
+    async fn lock(
+        &self,
+        _timeout: Duration,
+        _observer: &dyn LockObserver,
+    ) -> Result<(), ResourceError> {
+        Ok(())
+    }
+
+    async fn unlock(&self) {}
+
+    async fn read(&self) -> Result<LiveState, ResourceError>;
+
+    fn fingerprint(&self, live: &LiveState) -> Fingerprint;
+
+    fn diff(&self, live: &LiveState) -> Result<Diff, ResourceError>;
+
+    /// Carries out one change of this resource's plan and says what happened.
+    async fn apply(&self, change: &Change) -> Result<String, ResourceError>;
+}
+
+/// The resources of one configuration and the graph over them.
+pub struct Engine {
+    resources: Vec<Arc<dyn Resource>>,
+    graph: Graph,
+}
+
+impl Engine {
+    pub fn new(resources: Vec<Arc<dyn Resource>>) -> Result<Engine, Diagnostics> {
+        let addresses: Vec<String> = resources.iter().map(|r| r.address().to_string()).collect();
+        let dependencies: Vec<Dependency> =
+            resources.iter().flat_map(|r| r.dependencies()).collect();
+        let graph = Graph::build(&addresses, &dependencies)?;
+        Ok(Engine { resources, graph })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Resources in dependency order.
+    pub fn resources(&self) -> Vec<Arc<dyn Resource>> {
+        self.graph
+            .order()
+            .filter_map(|address| self.resource(address))
+            .collect()
+    }
+
+    pub fn resource(&self, address: &str) -> Option<Arc<dyn Resource>> {
+        self.resources
+            .iter()
+            .find(|r| r.address() == address)
+            .cloned()
+    }
+
+    pub fn validate(&self) -> Diagnostics {
+        let mut problems = Diagnostics::default();
+        for resource in self.resources() {
+            problems.extend(resource.validate());
+        }
+        problems
+    }
+
+    /// Reads every resource's live state concurrently, then diffs each one.
+    pub async fn plan(&self) -> Plan {
+        let ordered = self.resources();
+        let reads = join_all(ordered.iter().map(|resource| async move {
+            let started = std::time::Instant::now();
+            let live = resource.read().await;
+            tracing::debug!(
+                address = resource.address(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                ok = live.is_ok(),
+                "read live state"
+            );
+            live
+        }))
+        .await;
+
+        let mut plan = Plan::default();
+        for (resource, live) in ordered.iter().zip(reads) {
+            let address = resource.address().to_string();
+            let outcome = live.and_then(|live| {
+                let fingerprint = resource.fingerprint(&live);
+                resource.diff(&live).map(|diff| (fingerprint, diff))
+            });
+            match outcome {
+                Ok((fingerprint, diff)) if diff.refusals.is_empty() => {
+                    plan.resources.push(ResourcePlan {
+                        depends_on: self.graph.dependencies_of(&address),
+                        kind: resource.kind().to_string(),
+                        live_source: resource.live_source(),
+                        live_summary: diff.live_summary,
+                        fingerprint,
+                        changes: diff.changes,
+                        warnings: diff.warnings,
+                        checks: diff.checks,
+                        address,
+                    });
+                }
+                Ok((_, diff)) => plan.failures.push(ResourceFailure {
+                    address,
+                    messages: diff.refusals,
+                }),
+                Err(error) => plan.failures.push(ResourceFailure {
+                    address,
+                    messages: vec![error_chain(error.as_ref())],
+                }),
+            }
+        }
+        plan
+    }
+
+    /// Takes every resource's lock in address order, so two applies cannot deadlock.
+    pub async fn lock_all(
+        &self,
+        timeout: Duration,
+        observer: &dyn LockObserver,
+    ) -> Result<(), ResourceError> {
+        let mut by_address = self.resources.clone();
+        by_address.sort_by(|a, b| a.address().cmp(b.address()));
+        for (taken, resource) in by_address.iter().enumerate() {
+            if let Err(error) = resource.lock(timeout, observer).await {
+                for held in &by_address[..taken] {
+                    held.unlock().await;
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn unlock_all(&self) {
+        for resource in &self.resources {
+            resource.unlock().await;
+        }
+    }
+}
+
+/// An error and its sources on one line, each cause once.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

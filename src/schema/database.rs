@@ -1,0 +1,610 @@
+//! The target database: connection, history table, and the writer lock.
+//!
+//! One connection is kept for the whole run. The PostgreSQL advisory lock and the MySQL
+//! named lock belong to that connection's session, so they are released by the server the
+//! moment the process dies, and a killed apply never leaves a lock behind.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Connection, Row};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::Dialect;
+use super::error::SchemaError;
+use crate::engine::LockObserver;
+use crate::secret::SecretUrl;
+
+/// One row of the history table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMigration {
+    pub version: u64,
+    pub description: String,
+    pub script: String,
+    pub checksum: String,
+    pub checksum_algorithm: String,
+    pub execution: String,
+    pub applied_at: String,
+    pub duration_ms: i64,
+    pub success: bool,
+    pub statements_committed: i64,
+    pub statements_total: i64,
+    pub note: Option<String>,
+    pub applied_by: String,
+}
+
+impl AppliedMigration {
+    /// The version as its file wrote it (`0003`), falling back to the bare number.
+    pub fn shown_version(&self) -> String {
+        super::files::parse_file_name(&self.script)
+            .map(|(digits, _)| digits.to_string())
+            .unwrap_or_else(|| self.version.to_string())
+    }
+}
+
+/// A row about to be written.
+#[derive(Debug, Clone)]
+pub struct NewHistoryRow<'a> {
+    pub version: u64,
+    pub description: &'a str,
+    pub script: &'a str,
+    pub checksum: &'a str,
+    pub execution: &'a str,
+    pub duration_ms: i64,
+    pub success: bool,
+    pub statements_committed: i64,
+    pub statements_total: i64,
+    pub note: Option<&'a str>,
+}
+
+/// What the plan needs to know about the database.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseState {
+    /// `None` when the history table does not exist (or, for SQLite, the file does not).
+    pub history: Option<Vec<AppliedMigration>>,
+    /// Tables that exist without a history table: a database another tool manages.
+    pub unmanaged_tables: Vec<String>,
+    pub file_missing: bool,
+}
+
+pub struct Database {
+    pub dialect: Dialect,
+    url: SecretUrl,
+    table: String,
+    connection: Mutex<Option<AnyConnection>>,
+    lock_file: Mutex<Option<File>>,
+    locked: Mutex<bool>,
+}
+
+static DRIVERS: Once = Once::new();
+
+impl Database {
+    pub fn new(url: SecretUrl, table: String) -> Database {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        Database {
+            dialect: Dialect::from_url(url.expose()),
+            url,
+            table,
+            connection: Mutex::new(None),
+            lock_file: Mutex::new(None),
+            locked: Mutex::new(false),
+        }
+    }
+
+    /// The address shown in messages, password removed.
+    pub fn address(&self) -> String {
+        self.url.redacted()
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.dialect.name()
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn sqlite_path(&self) -> Option<PathBuf> {
+        let url = self.url.expose();
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or_default();
+        (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+    }
+
+    fn query_error(&self, action: &str, source: sqlx::Error) -> SchemaError {
+        SchemaError::Query {
+            backend: self.backend(),
+            address: self.address(),
+            action: action.to_string(),
+            source,
+        }
+    }
+
+    /// The open connection, opened on first use. `create` allows creating a SQLite file.
+    async fn connection(
+        &self,
+        create: bool,
+    ) -> Result<MutexGuard<'_, Option<AnyConnection>>, SchemaError> {
+        let mut guard = self.connection.lock().await;
+        if guard.is_some() {
+            return Ok(guard);
+        }
+
+        let mut url = self.url.expose().to_string();
+        if self.dialect == Dialect::Sqlite
+            && let Some(path) = self.sqlite_path() {
+                if create
+                    && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(parent).map_err(|source| {
+                            SchemaError::CreateFolder {
+                                path: parent.to_path_buf(),
+                                source,
+                            }
+                        })?;
+                    }
+                if !url.contains("mode=") {
+                    let mode = if create { "rwc" } else { "ro" };
+                    let separator = if url.contains('?') { '&' } else { '?' };
+                    url = format!("{url}{separator}mode={mode}");
+                }
+            }
+        tracing::debug!(backend = self.backend(), address = %self.address(), "connecting");
+        let connection =
+            AnyConnection::connect(&url)
+                .await
+                .map_err(|source| SchemaError::Connect {
+                    backend: self.backend(),
+                    address: self.address(),
+                    source,
+                })?;
+        *guard = Some(connection);
+        Ok(guard)
+    }
+
+    pub async fn close(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            let _ = connection.close().await;
+        }
+    }
+
+    /// Reads the history table without writing anything.
+    pub async fn read(&self) -> Result<DatabaseState, SchemaError> {
+        let locked = *self.locked.lock().await;
+        if self.dialect == Dialect::Sqlite && !locked
+            && let Some(path) = self.sqlite_path()
+                && !path.exists() {
+                    return Ok(DatabaseState {
+                        file_missing: true,
+                        ..DatabaseState::default()
+                    });
+                }
+
+        let mut guard = self.connection(locked).await?;
+        let connection = guard.as_mut().expect("connection is open");
+        let tables = self.tables(connection).await?;
+        if !tables.iter().any(|t| t.eq_ignore_ascii_case(&self.table)) {
+            return Ok(DatabaseState {
+                history: None,
+                unmanaged_tables: tables,
+                file_missing: false,
+            });
+        }
+
+        let sql = format!(
+            "SELECT version, description, script, checksum, checksum_algorithm, execution, \
+             applied_at, duration_ms, success, statements_committed, statements_total, note, \
+             applied_by FROM {} ORDER BY version",
+            self.table
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(|e| self.query_error("reading the history table", e))?;
+        let history = rows
+            .iter()
+            .map(history_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.query_error("decoding the history table", e))?;
+        Ok(DatabaseState {
+            history: Some(history),
+            unmanaged_tables: Vec::new(),
+            file_missing: false,
+        })
+    }
+
+    async fn tables(&self, connection: &mut AnyConnection) -> Result<Vec<String>, SchemaError> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            }
+            Dialect::Postgres => {
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() ORDER BY table_name"
+            }
+            Dialect::MySql => {
+                "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() ORDER BY table_name"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .fetch_all(connection)
+            .await
+            .map_err(|e| self.query_error("listing tables", e))?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.query_error("listing tables", e))
+    }
+
+    /// Takes the writer lock, then makes sure the history table exists. The order matters:
+    /// two applies creating the table at once would otherwise race on the catalog.
+    pub async fn lock(
+        &self,
+        timeout: Duration,
+        observer: &dyn LockObserver,
+        resource: &str,
+    ) -> Result<(), SchemaError> {
+        let deadline = Instant::now() + timeout;
+        let mut last_holder = String::new();
+        loop {
+            let holder = match self.dialect {
+                Dialect::Sqlite => self.try_lock_sqlite().await?,
+                Dialect::Postgres | Dialect::MySql => self.try_lock_server().await?,
+            };
+            let Some(holder) = holder else {
+                break;
+            };
+            if Instant::now() >= deadline {
+                return Err(SchemaError::LockBusy {
+                    backend: self.backend(),
+                    address: self.address(),
+                    holder,
+                    waited: timeout,
+                });
+            }
+            if holder != last_holder {
+                observer.waiting(resource, &holder);
+                last_holder = holder;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        *self.locked.lock().await = true;
+        tracing::debug!(backend = self.backend(), "writer lock taken");
+        self.create_history_table().await
+    }
+
+    pub async fn unlock(&self) {
+        if !std::mem::replace(&mut *self.locked.lock().await, false) {
+            return;
+        }
+        match self.dialect {
+            Dialect::Sqlite => {
+                if let Some(file) = self.lock_file.lock().await.take() {
+                    let _ = file.set_len(0);
+                    let _ = file.unlock();
+                }
+            }
+            Dialect::Postgres | Dialect::MySql => {
+                let sql = match self.dialect {
+                    Dialect::Postgres => "SELECT pg_advisory_unlock_all()",
+                    _ => "SELECT RELEASE_ALL_LOCKS()",
+                };
+                if let Ok(mut guard) = self.connection(false).await
+                    && let Some(connection) = guard.as_mut() {
+                        let _ = sqlx::query(sql).execute(connection).await;
+                    }
+            }
+        }
+    }
+
+    /// `Ok(None)` when the lock was taken, `Ok(Some(holder))` when someone else has it.
+    async fn try_lock_sqlite(&self) -> Result<Option<String>, SchemaError> {
+        let Some(db_path) = self.sqlite_path() else {
+            return Ok(None);
+        };
+        let mut lock_path = db_path.clone().into_os_string();
+        lock_path.push(".opsplan-lock");
+        let lock_path = PathBuf::from(lock_path);
+        if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| SchemaError::CreateFolder {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| SchemaError::LockFile {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => {
+                use std::io::Write;
+                let mut file = file;
+                let _ = file.set_len(0);
+                let _ = writeln!(file, "{}", holder_description());
+                *self.lock_file.lock().await = Some(file);
+                // The database is created only once we are the writer.
+                drop(self.connection(true).await?);
+                Ok(None)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+                let holder = holder.trim();
+                Ok(Some(if holder.is_empty() {
+                    format!("a process holding {}", lock_path.display())
+                } else {
+                    format!("{holder} (lock file {})", lock_path.display())
+                }))
+            }
+            Err(std::fs::TryLockError::Error(source)) => Err(SchemaError::LockFile {
+                path: lock_path,
+                source,
+            }),
+        }
+    }
+
+    async fn try_lock_server(&self) -> Result<Option<String>, SchemaError> {
+        let mut guard = self.connection(true).await?;
+        let connection = guard.as_mut().expect("connection is open");
+        match self.dialect {
+            Dialect::Postgres => {
+                let name = format!("opsplan {}", holder_description());
+                let name: String = name.chars().take(63).collect();
+                sqlx::query("SELECT set_config('application_name', $1, false)")
+                    .bind(name)
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(|e| self.query_error("naming the session", e))?;
+                let taken: bool = sqlx::query("SELECT pg_try_advisory_lock($1, $2)")
+                    .bind(LOCK_CLASS)
+                    .bind(lock_key(&self.table))
+                    .fetch_one(&mut *connection)
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(|e| self.query_error("taking the advisory lock", e))?;
+                if taken {
+                    return Ok(None);
+                }
+                let holder = sqlx::query(
+                    "SELECT a.pid::bigint, COALESCE(a.application_name, '')::text, \
+                     COALESCE(a.usename::text, ''), COALESCE(host(a.client_addr), 'local socket'), \
+                     COALESCE(to_char(a.backend_start AT TIME ZONE 'UTC', \
+                       'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') \
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND l.granted \
+                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                       AND l.classid::text::bigint = $1 AND l.objid::text::bigint = $2 LIMIT 1",
+                )
+                .bind(i64::from(LOCK_CLASS))
+                .bind(i64::from(lock_key(&self.table)))
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(|e| self.query_error("looking up the lock holder", e))?;
+                Ok(Some(match holder {
+                    Some(row) => {
+                        let pid: i64 = row.try_get(0).unwrap_or_default();
+                        let app: String = row.try_get(1).unwrap_or_default();
+                        let user: String = row.try_get(2).unwrap_or_default();
+                        let client: String = row.try_get(3).unwrap_or_default();
+                        let since: String = row.try_get(4).unwrap_or_default();
+                        format!(
+                            "{app} (server pid {pid}, user {user}, from {client}, connected since {since})"
+                        )
+                    }
+                    None => "a session that has just released it".to_string(),
+                }))
+            }
+            Dialect::MySql => {
+                let name = self.mysql_lock_name(connection).await?;
+                let taken: Option<i64> = sqlx::query("SELECT GET_LOCK(?, 0)")
+                    .bind(name.clone())
+                    .fetch_one(&mut *connection)
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(|e| self.query_error("taking the named lock", e))?;
+                if taken == Some(1) {
+                    return Ok(None);
+                }
+                let holder = sqlx::query(
+                    "SELECT CAST(p.ID AS SIGNED), CAST(p.USER AS CHAR), CAST(p.HOST AS CHAR), \
+                     CAST(p.TIME AS SIGNED) FROM information_schema.PROCESSLIST p \
+                     WHERE p.ID = IS_USED_LOCK(?)",
+                )
+                .bind(name)
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(|e| self.query_error("looking up the lock holder", e))?;
+                Ok(Some(match holder {
+                    Some(row) => {
+                        let id: i64 = row.try_get(0).unwrap_or_default();
+                        let user: String = row.try_get(1).unwrap_or_default();
+                        let host: String = row.try_get(2).unwrap_or_default();
+                        let seconds: i64 = row.try_get(3).unwrap_or_default();
+                        format!(
+                            "connection {id} ({user}@{host}, in its current state for {seconds}s)"
+                        )
+                    }
+                    None => "a session that has just released it".to_string(),
+                }))
+            }
+            Dialect::Sqlite => Ok(None),
+        }
+    }
+
+    /// MySQL lock names are server-wide, so the database name is part of it.
+    async fn mysql_lock_name(&self, connection: &mut AnyConnection) -> Result<String, SchemaError> {
+        let database: Option<String> = sqlx::query("SELECT CAST(DATABASE() AS CHAR)")
+            .fetch_one(connection)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| self.query_error("reading the current database", e))?;
+        let name = format!("opsplan:{}:{}", database.unwrap_or_default(), self.table);
+        Ok(if name.len() <= 64 {
+            name
+        } else {
+            use sha2::Digest;
+            format!("opsplan:{}", &hex::encode(sha2::Sha256::digest(name))[..48])
+        })
+    }
+
+    async fn create_history_table(&self) -> Result<(), SchemaError> {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n\
+             version BIGINT NOT NULL PRIMARY KEY,\n\
+             description VARCHAR(255) NOT NULL,\n\
+             script VARCHAR(255) NOT NULL,\n\
+             checksum VARCHAR(64) NOT NULL,\n\
+             checksum_algorithm VARCHAR(32) NOT NULL,\n\
+             execution VARCHAR(32) NOT NULL,\n\
+             applied_at VARCHAR(40) NOT NULL,\n\
+             duration_ms BIGINT NOT NULL,\n\
+             success INTEGER NOT NULL,\n\
+             statements_committed INTEGER NOT NULL,\n\
+             statements_total INTEGER NOT NULL,\n\
+             note TEXT,\n\
+             applied_by VARCHAR(255) NOT NULL)",
+            self.table
+        );
+        let mut guard = self.connection(true).await?;
+        let connection = guard.as_mut().expect("connection is open");
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(connection)
+            .await
+            .map_err(|e| self.query_error("creating the history table", e))?;
+        Ok(())
+    }
+
+    /// The locked connection, for running migrations.
+    pub async fn session(&self) -> Result<MutexGuard<'_, Option<AnyConnection>>, SchemaError> {
+        self.connection(true).await
+    }
+
+    pub fn insert_sql(&self) -> String {
+        let p = |n: usize| self.dialect.placeholder(n);
+        format!(
+            "INSERT INTO {} (version, description, script, checksum, checksum_algorithm, \
+             execution, applied_at, duration_ms, success, statements_committed, \
+             statements_total, note, applied_by) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, \
+             {}, {}, {}, {})",
+            self.table,
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6),
+            p(7),
+            p(8),
+            p(9),
+            p(10),
+            p(11),
+            p(12),
+            p(13)
+        )
+    }
+
+    /// Writes one history row on `connection` (inside the caller's transaction, if any).
+    pub async fn insert_row(
+        &self,
+        connection: &mut AnyConnection,
+        row: &NewHistoryRow<'_>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(self.insert_sql()))
+            .bind(row.version as i64)
+            .bind(row.description.to_string())
+            .bind(row.script.to_string())
+            .bind(row.checksum.to_string())
+            .bind(super::files::CHECKSUM_ALGORITHM)
+            .bind(row.execution.to_string())
+            .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .bind(row.duration_ms)
+            .bind(i32::from(row.success))
+            .bind(row.statements_committed as i32)
+            .bind(row.statements_total as i32)
+            .bind(row.note.map(str::to_string))
+            .bind(operator())
+            .execute(connection)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete_row(&self, version: u64) -> Result<u64, SchemaError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE version = {}",
+            self.table,
+            self.dialect.placeholder(1)
+        );
+        let mut guard = self.session().await?;
+        let connection = guard.as_mut().expect("connection is open");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(version as i64)
+            .execute(connection)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(|e| self.query_error("deleting a history row", e))
+    }
+
+    pub async fn write_row(&self, row: &NewHistoryRow<'_>) -> Result<(), SchemaError> {
+        let mut guard = self.session().await?;
+        let connection = guard.as_mut().expect("connection is open");
+        self.insert_row(connection, row)
+            .await
+            .map_err(|e| self.query_error("writing a history row", e))
+    }
+}
+
+/// Every opsplan lock uses this first key ("opsp"), so it is easy to find in `pg_locks`.
+const LOCK_CLASS: i32 = 0x6f70_7370;
+
+fn lock_key(table: &str) -> i32 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(table.as_bytes());
+    i32::from_be_bytes([digest[0] & 0x7f, digest[1], digest[2], digest[3]])
+}
+
+/// Who is running, as `user@host`.
+pub fn operator() -> String {
+    let user = whoami::username().unwrap_or_else(|_| "unknown".to_string());
+    let host = whoami::hostname().unwrap_or_else(|_| "unknown-host".to_string());
+    format!("{user}@{host}")
+}
+
+/// Who holds a lock: `user@host pid N since TIME`.
+pub fn holder_description() -> String {
+    format!(
+        "{} pid {} since {}",
+        operator(),
+        std::process::id(),
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    )
+}
+
+fn history_row(row: &AnyRow) -> Result<AppliedMigration, sqlx::Error> {
+    Ok(AppliedMigration {
+        version: row.try_get::<i64, _>(0)? as u64,
+        description: row.try_get(1)?,
+        script: row.try_get(2)?,
+        checksum: row.try_get(3)?,
+        checksum_algorithm: row.try_get(4)?,
+        execution: row.try_get(5)?,
+        applied_at: row.try_get(6)?,
+        duration_ms: row.try_get(7)?,
+        success: row.try_get::<i64, _>(8)? != 0,
+        statements_committed: row.try_get(9)?,
+        statements_total: row.try_get(10)?,
+        note: row.try_get(11)?,
+        applied_by: row.try_get(12)?,
+    })
+}

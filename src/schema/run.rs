@@ -1,0 +1,369 @@
+//! Running one migration file, and what to say when it fails.
+
+use std::time::Instant;
+
+use sqlx::AnyConnection;
+use sqlx::{AssertSqlSafe, Connection};
+
+use super::Dialect;
+use super::database::{Database, NewHistoryRow};
+use super::error::SchemaError;
+use super::files::MigrationFile;
+use super::split::Statement;
+
+/// Statements PostgreSQL (or SQLite) refuses inside a transaction block.
+pub fn needs_no_transaction(statement: &Statement, dialect: Dialect) -> Option<&'static str> {
+    match dialect {
+        Dialect::Postgres => {
+            if statement.starts_with(&["CREATE", "INDEX", "CONCURRENTLY"])
+                || statement.starts_with(&["CREATE", "UNIQUE", "INDEX", "CONCURRENTLY"])
+            {
+                Some("CREATE INDEX CONCURRENTLY")
+            } else if statement.starts_with(&["DROP", "INDEX", "CONCURRENTLY"]) {
+                Some("DROP INDEX CONCURRENTLY")
+            } else if statement.starts_with(&["REINDEX"]) && statement.has_word("CONCURRENTLY") {
+                Some("REINDEX CONCURRENTLY")
+            } else if statement.starts_with(&["CREATE", "DATABASE"]) {
+                Some("CREATE DATABASE")
+            } else if statement.starts_with(&["DROP", "DATABASE"]) {
+                Some("DROP DATABASE")
+            } else if statement.starts_with(&["VACUUM"]) {
+                Some("VACUUM")
+            } else if statement.starts_with(&["ALTER", "SYSTEM"]) {
+                Some("ALTER SYSTEM")
+            } else if statement.starts_with(&["CREATE", "TABLESPACE"])
+                || statement.starts_with(&["DROP", "TABLESPACE"])
+            {
+                Some("a TABLESPACE statement")
+            } else {
+                None
+            }
+        }
+        Dialect::Sqlite => statement.starts_with(&["VACUUM"]).then_some("VACUUM"),
+        Dialect::MySql => None,
+    }
+}
+
+/// DDL, which MySQL and MariaDB commit implicitly, together with any open transaction.
+pub fn is_ddl(statement: &Statement) -> bool {
+    matches!(
+        statement.words.first().map(String::as_str),
+        Some("CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE")
+    )
+}
+
+/// Runs `file` and records it. Returns a one-line account for the apply report.
+pub async fn run_migration(
+    database: &Database,
+    file: &MigrationFile,
+    shown_dir: &str,
+) -> Result<String, SchemaError> {
+    let dialect = database.dialect;
+    let statements = file.statements(dialect);
+    let started = Instant::now();
+    let mut guard = database.session().await?;
+    let connection = guard.as_mut().expect("connection is open");
+
+    let shown_file = format!("{shown_dir}/{}", file.file_name);
+    tracing::debug!(file = %shown_file, statements = statements.len(), no_transaction = file.no_transaction, "running migration");
+
+    let outcome = if file.no_transaction {
+        run_one_at_a_time(connection, &statements).await
+    } else if dialect == Dialect::MySql {
+        run_mysql(connection, &statements).await
+    } else {
+        run_in_transaction(database, connection, file, &statements, started).await
+    };
+
+    match outcome {
+        Ok(()) if file.no_transaction || dialect == Dialect::MySql => {
+            let row = NewHistoryRow {
+                version: file.version,
+                description: &file.description,
+                script: &file.file_name,
+                checksum: &file.checksum,
+                execution: if file.no_transaction {
+                    "no-transaction"
+                } else {
+                    "statements"
+                },
+                duration_ms: elapsed_ms(started),
+                success: true,
+                statements_committed: statements.len() as i64,
+                statements_total: statements.len() as i64,
+                note: None,
+            };
+            database
+                .insert_row(connection, &row)
+                .await
+                .map_err(|e| record_failed(database, &shown_file, e))?;
+            Ok(done(&statements, started))
+        }
+        Ok(()) => Ok(done(&statements, started)),
+        Err(failure) => {
+            let message = describe_failure(&failure, &shown_file, dialect, file, &statements);
+            if failure.committed > 0 {
+                let note = format!(
+                    "statement {} of {} failed: {}; {} committed",
+                    failure.index + 1,
+                    statements.len(),
+                    failure.error_text(),
+                    committed_range(failure.committed)
+                );
+                let row = NewHistoryRow {
+                    version: file.version,
+                    description: &file.description,
+                    script: &file.file_name,
+                    checksum: &file.checksum,
+                    execution: if file.no_transaction {
+                        "no-transaction"
+                    } else {
+                        "statements"
+                    },
+                    duration_ms: elapsed_ms(started),
+                    success: false,
+                    statements_committed: failure.committed as i64,
+                    statements_total: statements.len() as i64,
+                    note: Some(&note),
+                };
+                if let Err(error) = database.insert_row(connection, &row).await {
+                    return Err(SchemaError::Migration(format!(
+                        "{message}\nRecording version {} as failed also failed: {error}",
+                        file.version
+                    )));
+                }
+            }
+            Err(SchemaError::Migration(message))
+        }
+    }
+}
+
+/// Where a file stopped.
+struct Failure {
+    /// 0-based index of the failing statement, when known.
+    index: usize,
+    /// How many statements before it stay committed.
+    committed: usize,
+    error: sqlx::Error,
+    index_known: bool,
+}
+
+impl Failure {
+    fn error_text(&self) -> String {
+        database_error_text(&self.error)
+    }
+}
+
+async fn run_in_transaction(
+    database: &Database,
+    connection: &mut AnyConnection,
+    file: &MigrationFile,
+    statements: &[Statement],
+    started: Instant,
+) -> Result<(), Failure> {
+    let fail = |error: sqlx::Error, index: Option<usize>| Failure {
+        index: index.unwrap_or(0),
+        committed: 0,
+        index_known: index.is_some(),
+        error,
+    };
+    let mut transaction = connection.begin().await.map_err(|e| fail(e, None))?;
+    if let Err(error) = sqlx::raw_sql(AssertSqlSafe(file.sql.clone()))
+        .execute(&mut *transaction)
+        .await
+    {
+        let index = statement_at_error(&error, &file.sql, statements);
+        let _ = transaction.rollback().await;
+        return Err(fail(error, index));
+    }
+    let row = NewHistoryRow {
+        version: file.version,
+        description: &file.description,
+        script: &file.file_name,
+        checksum: &file.checksum,
+        execution: "transaction",
+        duration_ms: elapsed_ms(started),
+        success: true,
+        statements_committed: statements.len() as i64,
+        statements_total: statements.len() as i64,
+        note: None,
+    };
+    database
+        .insert_row(&mut transaction, &row)
+        .await
+        .map_err(|e| fail(e, None))?;
+    transaction.commit().await.map_err(|e| fail(e, None))
+}
+
+/// MySQL: statements one by one inside a transaction, which rolls back DML but not DDL.
+async fn run_mysql(
+    connection: &mut AnyConnection,
+    statements: &[Statement],
+) -> Result<(), Failure> {
+    let mut transaction = connection.begin().await.map_err(|error| Failure {
+        index: 0,
+        committed: 0,
+        index_known: false,
+        error,
+    })?;
+    for (index, statement) in statements.iter().enumerate() {
+        if let Err(error) = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
+            .execute(&mut *transaction)
+            .await
+        {
+            let _ = transaction.rollback().await;
+            // Everything up to the last DDL before the failure was committed by that DDL.
+            let committed = statements[..index]
+                .iter()
+                .rposition(is_ddl)
+                .map_or(0, |last_ddl| last_ddl + 1);
+            return Err(Failure {
+                index,
+                committed,
+                index_known: true,
+                error,
+            });
+        }
+    }
+    transaction.commit().await.map_err(|error| Failure {
+        index: statements.len().saturating_sub(1),
+        committed: 0,
+        index_known: false,
+        error,
+    })
+}
+
+/// No-transaction files: each statement on its own, committed as it completes.
+async fn run_one_at_a_time(
+    connection: &mut AnyConnection,
+    statements: &[Statement],
+) -> Result<(), Failure> {
+    for (index, statement) in statements.iter().enumerate() {
+        if let Err(error) = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
+            .execute(&mut *connection)
+            .await
+        {
+            return Err(Failure {
+                index,
+                committed: index,
+                index_known: true,
+                error,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn describe_failure(
+    failure: &Failure,
+    shown_file: &str,
+    dialect: Dialect,
+    file: &MigrationFile,
+    statements: &[Statement],
+) -> String {
+    let total = statements.len();
+    let mut message = if failure.index_known {
+        let line = statements.get(failure.index).map_or(1, |s| s.line);
+        format!(
+            "{shown_file}: statement {} of {total} (line {line}) failed: {}",
+            failure.index + 1,
+            failure.error_text()
+        )
+    } else {
+        format!("{shown_file} failed: {}", failure.error_text())
+    };
+
+    if failure.committed == 0 {
+        if file.no_transaction || dialect == Dialect::MySql {
+            message.push_str(
+                "\nNo statement of this file was committed; nothing was recorded. Fix the file \
+                 and run apply again.",
+            );
+        } else {
+            message.push_str(&format!(
+                "\nThe transaction was rolled back: nothing of {} was applied and nothing was \
+                 recorded. Fix the file and run apply again.",
+                file.file_name
+            ));
+        }
+        return message;
+    }
+
+    let committed = committed_range(failure.committed);
+    if dialect == Dialect::MySql && !file.no_transaction {
+        message.push_str(&format!(
+            "\n{committed} were DDL that MySQL/MariaDB committed implicitly and could not be \
+             rolled back."
+        ));
+    } else {
+        message.push_str(&format!(
+            "\nstatement {} of {total} failed; {committed} {} committed.",
+            failure.index + 1,
+            if failure.committed == 1 {
+                "was"
+            } else {
+                "were"
+            }
+        ));
+    }
+    message.push_str(&format!(
+        "\nVersion {} is recorded as failed. Inspect the database, finish or revert the change \
+         by hand, then run `opsplan schema mark-applied {}` or `opsplan schema mark-removed {}`.",
+        file.version, file.version, file.version
+    ));
+    message
+}
+
+fn committed_range(committed: usize) -> String {
+    match committed {
+        1 => "statement 1".to_string(),
+        2 => "statements 1–2".to_string(),
+        n => format!("statements 1–{n}"),
+    }
+}
+
+/// The server's message, with its code when it has one.
+pub fn database_error_text(error: &sqlx::Error) -> String {
+    match error.as_database_error() {
+        Some(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => error.to_string(),
+    }
+}
+
+/// Maps PostgreSQL's error position (characters into the file) to the statement index.
+fn statement_at_error(error: &sqlx::Error, sql: &str, statements: &[Statement]) -> Option<usize> {
+    let db = error.as_database_error()?;
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    let sqlx::postgres::PgErrorPosition::Original(position) = pg.position()? else {
+        return None;
+    };
+    let byte = sql
+        .char_indices()
+        .nth(position.saturating_sub(1))
+        .map_or(sql.len(), |(at, _)| at);
+    statements.iter().rposition(|s| s.offset <= byte)
+}
+
+fn record_failed(database: &Database, shown_file: &str, error: sqlx::Error) -> SchemaError {
+    SchemaError::Migration(format!(
+        "{shown_file} ran, but recording it in {} failed: {}. Check the table, then run \
+         `opsplan schema mark-applied`",
+        database.table(),
+        database_error_text(&error)
+    ))
+}
+
+fn done(statements: &[Statement], started: Instant) -> String {
+    format!(
+        "{} statement(s) in {} ms",
+        statements.len(),
+        started.elapsed().as_millis()
+    )
+}
+
+fn elapsed_ms(started: Instant) -> i64 {
+    i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
