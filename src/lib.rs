@@ -15,3 +15,4 @@ pub mod plan;
 pub mod render;
 pub mod schema;
 pub mod secret;
+pub mod store;
