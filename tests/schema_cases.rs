@@ -4,7 +4,8 @@ mod common;
 
 use common::{ALL, Backend, Project, TRANSACTIONAL, TestDatabase, for_each_backend};
 
-const CREATE_USERS: &str = "CREATE TABLE users (\n    id    BIGINT PRIMARY KEY,\n    email TEXT NOT NULL UNIQUE\n);\n";
+const CREATE_USERS: &str =
+    "CREATE TABLE users (\n    id    BIGINT PRIMARY KEY,\n    email TEXT NOT NULL UNIQUE\n);\n";
 
 /// MySQL cannot put a UNIQUE index on TEXT without a length.
 fn create_users(backend: Backend) -> String {
@@ -34,7 +35,10 @@ fn crlf_only_change_is_not_a_modification() {
         plan.expect_code(0).expect_contains("No changes.");
         assert!(!plan.all().contains("modified"), "{}", plan.all());
         assert!(!plan.all().contains("checksum"), "{}", plan.all());
-        assert_eq!(db.column("SELECT checksum FROM opsplan_schema_history"), checksum_before);
+        assert_eq!(
+            db.column("SELECT checksum FROM opsplan_schema_history"),
+            checksum_before
+        );
 
         // Control: a real edit is a modification, and nothing runs.
         let edited = create_users(db.backend).replace("email TEXT", "email VARCHAR(320)");
@@ -65,7 +69,10 @@ fn applied_file_that_is_gone_is_named_with_its_description_and_checksum() {
         let checksum = db.column("SELECT checksum FROM opsplan_schema_history WHERE version = 2");
 
         project.remove_migration("0002_add_last_login.sql");
-        project.migration("0003_add_locale.sql", "ALTER TABLE users ADD COLUMN locale TEXT;");
+        project.migration(
+            "0003_add_locale.sql",
+            "ALTER TABLE users ADD COLUMN locale TEXT;",
+        );
         let plan = project.run(&["plan"]);
         plan.expect_code(1)
             .expect_contains("applied migration 0002_add_last_login.sql")
@@ -83,8 +90,14 @@ fn database_ahead_of_the_files_is_refused_without_down_migrations() {
     for_each_backend(ALL, |db| {
         let project = project_for(&db, "");
         project.migration("0001_create_users.sql", &create_users(db.backend));
-        project.migration("0002_add_last_login.sql", "ALTER TABLE users ADD COLUMN last_login TIMESTAMP;");
-        project.migration("0003_add_locale.sql", "ALTER TABLE users ADD COLUMN locale TEXT;");
+        project.migration(
+            "0002_add_last_login.sql",
+            "ALTER TABLE users ADD COLUMN last_login TIMESTAMP;",
+        );
+        project.migration(
+            "0003_add_locale.sql",
+            "ALTER TABLE users ADD COLUMN locale TEXT;",
+        );
         project.run(&["apply", "--auto-approve"]).expect_code(0);
 
         project.remove_migration("0003_add_locale.sql");
@@ -104,7 +117,10 @@ fn out_of_order_migration_is_refused_unless_allowed() {
     for_each_backend(ALL, |db| {
         let project = project_for(&db, "");
         project.migration("0001_create_users.sql", &create_users(db.backend));
-        project.migration("0003_add_locale.sql", "ALTER TABLE users ADD COLUMN locale VARCHAR(20);");
+        project.migration(
+            "0003_add_locale.sql",
+            "ALTER TABLE users ADD COLUMN locale VARCHAR(20);",
+        );
         project.run(&["apply", "--auto-approve"]).expect_code(0);
 
         project.migration(
@@ -137,9 +153,18 @@ fn out_of_order_migration_is_refused_unless_allowed() {
 fn versions_are_ordered_as_numbers() {
     for_each_backend(ALL, |db| {
         let project = project_for(&db, "");
-        project.migration("1_create_accounts.sql", "CREATE TABLE accounts (id BIGINT PRIMARY KEY);");
-        project.migration("2_add_email.sql", "ALTER TABLE accounts ADD COLUMN email VARCHAR(255);");
-        project.migration("10_email_idx.sql", "CREATE INDEX accounts_email_idx ON accounts (email);");
+        project.migration(
+            "1_create_accounts.sql",
+            "CREATE TABLE accounts (id BIGINT PRIMARY KEY);",
+        );
+        project.migration(
+            "2_add_email.sql",
+            "ALTER TABLE accounts ADD COLUMN email VARCHAR(255);",
+        );
+        project.migration(
+            "10_email_idx.sql",
+            "CREATE INDEX accounts_email_idx ON accounts (email);",
+        );
 
         let plan = project.run(&["plan", "--detailed-exitcode"]);
         plan.expect_code(2);
@@ -158,10 +183,19 @@ fn versions_are_ordered_as_numbers() {
     // With the database at {1, 2}, only 10 is pending.
     for_each_backend(ALL, |db| {
         let project = project_for(&db, "");
-        project.migration("1_create_accounts.sql", "CREATE TABLE accounts (id BIGINT PRIMARY KEY);");
-        project.migration("2_add_email.sql", "ALTER TABLE accounts ADD COLUMN email VARCHAR(255);");
+        project.migration(
+            "1_create_accounts.sql",
+            "CREATE TABLE accounts (id BIGINT PRIMARY KEY);",
+        );
+        project.migration(
+            "2_add_email.sql",
+            "ALTER TABLE accounts ADD COLUMN email VARCHAR(255);",
+        );
         project.run(&["apply", "--auto-approve"]).expect_code(0);
-        project.migration("10_email_idx.sql", "CREATE INDEX accounts_email_idx ON accounts (email);");
+        project.migration(
+            "10_email_idx.sql",
+            "CREATE INDEX accounts_email_idx ON accounts (email);",
+        );
         let plan = project.run(&["plan", "--detailed-exitcode"]);
         plan.expect_code(2).expect_contains("Plan: 1 to add");
         assert!(plan.stdout.contains("# schema.migration[\"10_email_idx\"]"));
@@ -236,7 +270,8 @@ fn create_index_concurrently_in_a_transactional_file_is_caught_at_plan_time() {
         }
         assert_eq!(db.history(), ["1:1"]);
         assert!(!db.column_exists("users", "bio"));
-        let indexes = db.column("SELECT indexname::text FROM pg_indexes WHERE indexname = 'users_email_idx'");
+        let indexes =
+            db.column("SELECT indexname::text FROM pg_indexes WHERE indexname = 'users_email_idx'");
         assert!(indexes.is_empty(), "{indexes:?}");
     });
 }
@@ -347,7 +382,10 @@ fn failed_transactional_migration_leaves_no_trace_and_recovers_without_force() {
             "CREATE TABLE users (id BIGINT PRIMARY KEY, email TEXT NOT NULL,);",
         );
         let apply = project.run(&["apply", "--auto-approve"]);
-        apply.expect_code(1).expect_contains("0001_init.sql").expect_contains("syntax error");
+        apply
+            .expect_code(1)
+            .expect_contains("0001_init.sql")
+            .expect_contains("syntax error");
         assert!(!db.table_exists("users"));
         assert_eq!(db.history(), Vec::<String>::new());
 
@@ -367,7 +405,10 @@ fn existing_database_is_adopted_only_by_baseline() {
         let project = project_for(&db, "");
         db.execute(&create_users(db.backend));
         project.migration("0001_create_users.sql", &create_users(db.backend));
-        project.migration("0002_add_locale.sql", "ALTER TABLE users ADD COLUMN locale VARCHAR(20);");
+        project.migration(
+            "0002_add_locale.sql",
+            "ALTER TABLE users ADD COLUMN locale VARCHAR(20);",
+        );
 
         project
             .run(&["plan"])
@@ -391,7 +432,10 @@ fn pinned_target_applies_up_to_that_version() {
     for_each_backend(&[Backend::Sqlite], |db| {
         let project = project_for(&db, "target = 1");
         project.migration("0001_create_users.sql", CREATE_USERS);
-        project.migration("0002_add_locale.sql", "ALTER TABLE users ADD COLUMN locale TEXT;");
+        project.migration(
+            "0002_add_locale.sql",
+            "ALTER TABLE users ADD COLUMN locale TEXT;",
+        );
         project.run(&["apply", "--auto-approve"]).expect_code(0);
         assert_eq!(db.history(), ["1:1"]);
 
