@@ -1,15 +1,21 @@
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use super::{Cli, Failure, Outcome, StderrLockObserver, load, parse_duration};
+use super::{Cli, Failure, Loaded, Outcome, StderrLockObserver, load, parse_duration};
 use crate::apply::{self, Reporter, StepResult, StepStatus};
-use crate::plan::Change;
+use crate::plan::file::PlanDocument;
+use crate::plan::{Change, Plan};
 use crate::render;
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
+    /// A plan saved with `opsplan plan --out FILE`: apply exactly it, or refuse if live state
+    /// moved since.
+    pub plan_file: Option<PathBuf>,
+
     /// Apply without asking for confirmation (required when stdin is not a terminal).
     #[arg(long)]
     pub auto_approve: bool,
@@ -17,56 +23,135 @@ pub struct ApplyArgs {
     /// How long to wait for another apply's lock, e.g. 30s or 5m (default 2m).
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
+
+    /// `json` prints one JSON object per event, for machines.
+    #[arg(long, value_enum, default_value_t = ApplyFormat::Human)]
+    pub format: ApplyFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApplyFormat {
+    Human,
+    Json,
 }
 
 pub async fn run(cli: &Cli, args: &ApplyArgs) -> Result<Outcome, Failure> {
     let interactive = std::io::stdin().is_terminal();
-    if !args.auto_approve && !interactive {
+    let saved = match &args.plan_file {
+        Some(path) => Some(
+            PlanDocument::load(path)
+                .map_err(|error| Failure::Message(crate::engine::error_chain(&error)))?,
+        ),
+        None => None,
+    };
+    // A saved plan was reviewed already; a fresh one needs a yes or --auto-approve.
+    if saved.is_none() && !args.auto_approve && !interactive {
         return Err(Failure::Message(
             "apply needs confirmation, and stdin is not a terminal: review `opsplan plan`, \
-             then run `opsplan apply --auto-approve`"
+             then run `opsplan apply --auto-approve`, or apply a saved plan file"
                 .to_string(),
         ));
     }
 
     let loaded = load(cli)?;
+    if let Some(document) = &saved {
+        check_same_configuration(document, &loaded, cli)?;
+    }
+
     let timeout = loaded.lock_timeout(args.lock_timeout);
     if let Err(error) = loaded.engine.lock_all(timeout, &StderrLockObserver).await {
         loaded.close().await;
         return Err(Failure::Message(crate::engine::error_chain(error.as_ref())));
     }
-
-    let result = locked(&loaded, args, interactive).await;
+    let result = locked(&loaded, args, saved.as_ref(), interactive).await;
     loaded.engine.unlock_all().await;
     loaded.close().await;
     result
 }
 
+fn check_same_configuration(
+    document: &PlanDocument,
+    loaded: &Loaded,
+    cli: &Cli,
+) -> Result<(), Failure> {
+    if document.config.digest == loaded.config.digest {
+        return Ok(());
+    }
+    Err(Failure::Message(format!(
+        "the saved plan was made from a different configuration ({} with digest {}…; {} now \
+         has {}…); run `opsplan plan --out FILE` again",
+        document.config.path,
+        &document.config.digest[..12.min(document.config.digest.len())],
+        cli.config.display(),
+        &loaded.config.digest[..12]
+    )))
+}
+
 async fn locked(
-    loaded: &super::Loaded,
+    loaded: &Loaded,
     args: &ApplyArgs,
+    saved: Option<&PlanDocument>,
     interactive: bool,
 ) -> Result<Outcome, Failure> {
     // Planned under the lock: what another apply did while we waited is already seen.
-    let plan = loaded.engine.plan().await;
-    anstream::print!("{}", render::human::plan(&plan));
-    if !plan.is_ok() {
-        return Err(Failure::Message(
-            "the plan was refused; nothing was applied".to_string(),
-        ));
-    }
+    let fresh = loaded.engine.plan().await;
+    let json = args.format == ApplyFormat::Json;
+
+    let plan: Plan = match saved {
+        Some(document) => {
+            if !document.errors.is_empty() {
+                return Err(Failure::Message(
+                    "the saved plan has errors and cannot be applied; fix them and plan again"
+                        .to_string(),
+                ));
+            }
+            refuse_if_stale(document, &fresh)?;
+            document.plan()
+        }
+        None => {
+            if !json {
+                anstream::print!("{}", render::human::plan(&fresh));
+            }
+            if !fresh.is_ok() {
+                if json {
+                    emit_json(&serde_json::json!({"event": "plan_refused", "errors": fresh.failures}));
+                }
+                return Err(Failure::Message(
+                    "the plan was refused; nothing was applied".to_string(),
+                ));
+            }
+            fresh
+        }
+    };
+
     if !plan.has_changes() {
+        if json {
+            emit_json(&serde_json::json!({"event": "no_changes"}));
+        } else if saved.is_some() {
+            println!("No changes. The saved plan had nothing to do.");
+        }
         return Ok(Outcome::Clean);
     }
 
-    if !args.auto_approve && interactive && !confirm()? {
-        return Err(Failure::Message(
-            "apply cancelled; nothing was changed".to_string(),
-        ));
+    if saved.is_none() && !args.auto_approve && interactive && !confirm()? {
+        return Err(Failure::Message("apply cancelled; nothing was changed".to_string()));
     }
 
-    let report = apply::apply(&loaded.engine, &plan, &LineReporter).await;
-    anstream::print!("\n{}", render::human::report(&report));
+    let report = if json {
+        apply::apply(&loaded.engine, &plan, &JsonReporter).await
+    } else {
+        apply::apply(&loaded.engine, &plan, &LineReporter).await
+    };
+    if json {
+        emit_json(&serde_json::json!({
+            "event": "apply_finished",
+            "applied": report.applied(),
+            "failed": report.failed(),
+            "skipped": report.skipped(),
+        }));
+    } else {
+        anstream::print!("\n{}", render::human::report(&report));
+    }
     if report.succeeded() {
         Ok(Outcome::Clean)
     } else {
@@ -78,10 +163,50 @@ async fn locked(
     }
 }
 
+/// Refuses the whole saved plan, before anything is touched, when any resource's live state
+/// no longer has the fingerprint it was planned against.
+fn refuse_if_stale(document: &PlanDocument, fresh: &Plan) -> Result<(), Failure> {
+    let mut moved = Vec::new();
+    for planned in &document.resources {
+        match fresh.resources.iter().find(|r| r.address == planned.address) {
+            Some(now) if now.live_source != planned.live_source => moved.push(format!(
+                "{} (planned against {}, now configured for {})",
+                planned.address, planned.live_source, now.live_source
+            )),
+            Some(now) if now.fingerprint == planned.fingerprint => {}
+            Some(now) => moved.push(format!(
+                "{} (planned against {}, now {})",
+                planned.address,
+                short(&planned.fingerprint.0),
+                short(&now.fingerprint.0)
+            )),
+            None => {
+                let reason = fresh
+                    .failures
+                    .iter()
+                    .find(|f| f.address == planned.address)
+                    .map(|f| f.messages.join("; "))
+                    .unwrap_or_else(|| "no longer in the configuration".to_string());
+                moved.push(format!("{} ({reason})", planned.address));
+            }
+        }
+    }
+    if moved.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::Message(format!(
+        "saved plan is stale: live state changed since the plan was created: {}. Nothing was \
+         applied; run `opsplan plan --out FILE` again and review the new plan",
+        moved.join(", ")
+    )))
+}
+
+fn short(fingerprint: &str) -> String {
+    fingerprint.chars().take(19).collect()
+}
+
 fn confirm() -> Result<bool, Failure> {
-    print!(
-        "\nDo you want to perform these actions? Only 'yes' will be accepted.\n  Enter a value: "
-    );
+    print!("\nDo you want to perform these actions? Only 'yes' will be accepted.\n  Enter a value: ");
     let _ = std::io::stdout().flush();
     let mut answer = String::new();
     std::io::stdin()
@@ -110,4 +235,32 @@ impl Reporter for LineReporter {
             StepStatus::Skipped { .. } => {}
         }
     }
+}
+
+/// One JSON object per line for every step event.
+struct JsonReporter;
+
+impl Reporter for JsonReporter {
+    fn step_started(&self, change: &Change) {
+        emit_json(&serde_json::json!({
+            "event": "step_started",
+            "address": change.address,
+            "actions": change.action.as_list(),
+            "summary": change.summary,
+        }));
+    }
+
+    fn step_finished(&self, _change: &Change, result: &StepResult) {
+        let mut value = serde_json::to_value(result).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.insert("event".to_string(), "step_finished".into());
+        }
+        emit_json(&value);
+    }
+}
+
+fn emit_json(value: &serde_json::Value) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{value}");
+    let _ = stdout.flush();
 }

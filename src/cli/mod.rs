@@ -5,6 +5,7 @@ mod graph;
 mod init;
 mod plan;
 mod schema;
+mod show;
 mod validate;
 
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Take the lock, plan again, and carry out the plan in dependency order.
     Apply(apply::ApplyArgs),
+    /// Render a saved plan file.
+    Show(show::ShowArgs),
     /// Draw the dependency graph.
     Graph(graph::GraphArgs),
     /// Write a starting ops.toml that runs with nothing installed.
@@ -136,6 +139,7 @@ async fn dispatch(cli: &Cli) -> Result<Outcome, Failure> {
         Command::Validate => validate::run(cli).await,
         Command::Plan(args) => plan::run(cli, args).await,
         Command::Apply(args) => apply::run(cli, args).await,
+        Command::Show(args) => show::run(cli, args),
         Command::Graph(args) => graph::run(cli, args).await,
         Command::Init => init::run(cli),
         Command::Schema(command) => schema::run(cli, command).await,
@@ -190,6 +194,23 @@ pub struct StderrLockObserver;
 impl LockObserver for StderrLockObserver {
     fn waiting(&self, address: &str, holder: &str) {
         eprintln!("Waiting for the {address} lock, held by {holder}");
+    }
+}
+
+/// How a plan is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Human,
+    Markdown,
+    Json,
+}
+
+/// Prints a plan document in the chosen format.
+pub fn print_plan(document: &crate::plan::file::PlanDocument, format: PlanFormat) {
+    match format {
+        PlanFormat::Human => anstream::print!("{}", crate::render::human::plan(&document.plan())),
+        PlanFormat::Markdown => print!("{}", crate::render::markdown::plan(document)),
+        PlanFormat::Json => print!("{}", document.to_json()),
     }
 }
 

@@ -1,10 +1,20 @@
+use std::path::PathBuf;
+
 use clap::Args;
 
-use super::{Cli, Failure, Outcome, load};
-use crate::render;
+use super::{Cli, Failure, Outcome, PlanFormat, load, print_plan};
+use crate::plan::file::PlanDocument;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    /// Save the plan to FILE (JSON, mode 0600) for `opsplan apply FILE`.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// How to print the plan.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
+    pub format: PlanFormat,
+
     /// Exit 2 when there are changes, 0 when there are none.
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -15,11 +25,24 @@ pub async fn run(cli: &Cli, args: &PlanArgs) -> Result<Outcome, Failure> {
     let plan = loaded.engine.plan().await;
     loaded.close().await;
 
-    anstream::print!("{}", render::human::plan(&plan));
+    let document = PlanDocument::new(&plan, &cli.config, &loaded.config.digest);
+    print_plan(&document, args.format);
     if !plan.is_ok() {
         return Err(Failure::Message(
             "the plan was refused; see the errors above".to_string(),
         ));
+    }
+    if let Some(out) = &args.out {
+        document
+            .save(out)
+            .map_err(|error| Failure::Message(crate::engine::error_chain(&error)))?;
+        if args.format == PlanFormat::Human {
+            println!(
+                "\nSaved the plan to {}. To carry out exactly this plan, run:\n    opsplan apply {}",
+                out.display(),
+                out.display()
+            );
+        }
     }
     Ok(if plan.has_changes() && args.detailed_exitcode {
         Outcome::Changes

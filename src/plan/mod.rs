@@ -3,6 +3,8 @@
 //! Every rendering (human, Markdown, JSON) is a view of these types, and a saved plan file
 //! is their serialized form, so nothing here may ever hold a secret.
 
+pub mod file;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -91,6 +93,8 @@ impl Attribute {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub address: String,
+    /// Serialized as a list in Terraform's manner: `["create"]`, `["delete", "create"]`.
+    #[serde(rename = "actions", with = "action_list")]
     pub action: Action,
     /// A one-line description, e.g. "apply migration 0003_add_locale.sql".
     pub summary: String,
@@ -99,6 +103,25 @@ pub struct Change {
     /// What the concern needs to carry out the change. Never a secret.
     #[serde(default)]
     pub data: serde_json::Value,
+}
+
+mod action_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Action;
+
+    pub fn serialize<S: Serializer>(action: &Action, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(action.as_list())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Action, D::Error> {
+        let list = Vec::<String>::deserialize(deserializer)?;
+        let list: Vec<&str> = list.iter().map(String::as_str).collect();
+        [Action::Create, Action::Update, Action::Delete, Action::Replace]
+            .into_iter()
+            .find(|action| action.as_list() == list.as_slice())
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown actions {list:?}")))
+    }
 }
 
 /// A digest of the live state a plan was made against.

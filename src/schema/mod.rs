@@ -522,7 +522,10 @@ impl Resource for SchemaResource {
 
     fn fingerprint(&self, live: &LiveState) -> Fingerprint {
         let state = self.expect_state(live);
-        let Some(history) = &state.history else {
+        // An empty history table is the same state as none: apply's lock creates the table,
+        // and a plan made before that must not look stale because of it.
+        let history = state.history.as_ref().filter(|rows| !rows.is_empty());
+        let Some(history) = history else {
             return if state.unmanaged_tables.is_empty() {
                 Fingerprint::absent()
             } else {

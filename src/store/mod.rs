@@ -8,6 +8,8 @@
 
 mod file;
 
+pub use file::write_private_atomically;
+
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
