@@ -29,7 +29,64 @@ pub struct Diff {
     pub checks: Vec<Check>,
     /// Reasons to refuse the plan outright; each names its file or record.
     pub refusals: Vec<String>,
+    /// Out-of-band changes to what opsplan applied. A plan refuses them like refusals;
+    /// `opsplan drift` reports them apart from pending work.
+    pub drift: Vec<DriftItem>,
     pub live_summary: String,
+}
+
+/// Live state that moved away from what opsplan applied, found out of band.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DriftItem {
+    /// The most precise address, e.g. `schema.migration["0001_create_users"]`.
+    pub address: String,
+    pub message: String,
+}
+
+/// One resource's live state, read and compared.
+#[derive(Debug)]
+pub struct Observation {
+    pub address: String,
+    pub kind: String,
+    pub live_source: String,
+    pub depends_on: Vec<String>,
+    pub outcome: Result<(Fingerprint, Diff), String>,
+}
+
+/// Builds the plan from observations: refusals turn a resource into a failure.
+pub fn plan_from(observations: Vec<Observation>) -> Plan {
+    let mut plan = Plan::default();
+    for observation in observations {
+        match observation.outcome {
+            Ok((fingerprint, diff)) if diff.refusals.is_empty() && diff.drift.is_empty() => {
+                plan.resources.push(ResourcePlan {
+                    address: observation.address,
+                    kind: observation.kind,
+                    live_source: observation.live_source,
+                    live_summary: diff.live_summary,
+                    fingerprint,
+                    depends_on: observation.depends_on,
+                    changes: diff.changes,
+                    warnings: diff.warnings,
+                    checks: diff.checks,
+                });
+            }
+            Ok((_, diff)) => plan.failures.push(ResourceFailure {
+                address: observation.address,
+                messages: diff
+                    .drift
+                    .into_iter()
+                    .map(|item| item.message)
+                    .chain(diff.refusals)
+                    .collect(),
+            }),
+            Err(message) => plan.failures.push(ResourceFailure {
+                address: observation.address,
+                messages: vec![message],
+            }),
+        }
+    }
+    plan
 }
 
 /// Told about waits, so that the user sees who holds a lock.
@@ -118,7 +175,7 @@ impl Engine {
     }
 
     /// Reads every resource's live state concurrently, then diffs each one.
-    pub async fn plan(&self) -> Plan {
+    pub async fn observe(&self) -> Vec<Observation> {
         let ordered = self.resources();
         let reads = join_all(ordered.iter().map(|resource| async move {
             let started = std::time::Instant::now();
@@ -133,38 +190,28 @@ impl Engine {
         }))
         .await;
 
-        let mut plan = Plan::default();
-        for (resource, live) in ordered.iter().zip(reads) {
-            let address = resource.address().to_string();
-            let outcome = live.and_then(|live| {
-                let fingerprint = resource.fingerprint(&live);
-                resource.diff(&live).map(|diff| (fingerprint, diff))
-            });
-            match outcome {
-                Ok((fingerprint, diff)) if diff.refusals.is_empty() => {
-                    plan.resources.push(ResourcePlan {
-                        depends_on: self.graph.dependencies_of(&address),
-                        kind: resource.kind().to_string(),
-                        live_source: resource.live_source(),
-                        live_summary: diff.live_summary,
-                        fingerprint,
-                        changes: diff.changes,
-                        warnings: diff.warnings,
-                        checks: diff.checks,
-                        address,
-                    });
+        ordered
+            .iter()
+            .zip(reads)
+            .map(|(resource, live)| {
+                let outcome = live.and_then(|live| {
+                    let fingerprint = resource.fingerprint(&live);
+                    resource.diff(&live).map(|diff| (fingerprint, diff))
+                });
+                Observation {
+                    address: resource.address().to_string(),
+                    kind: resource.kind().to_string(),
+                    live_source: resource.live_source(),
+                    depends_on: self.graph.dependencies_of(resource.address()),
+                    outcome: outcome.map_err(|error| error_chain(error.as_ref())),
                 }
-                Ok((_, diff)) => plan.failures.push(ResourceFailure {
-                    address,
-                    messages: diff.refusals,
-                }),
-                Err(error) => plan.failures.push(ResourceFailure {
-                    address,
-                    messages: vec![error_chain(error.as_ref())],
-                }),
-            }
-        }
-        plan
+            })
+            .collect()
+    }
+
+    /// The plan: every resource's changes, or why it cannot be planned.
+    pub async fn plan(&self) -> Plan {
+        plan_from(self.observe().await)
     }
 
     /// Takes every resource's lock in address order, so two applies cannot deadlock.

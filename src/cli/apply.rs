@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use super::{Cli, Failure, Loaded, Outcome, StderrLockObserver, load, parse_duration};
+use super::{
+    Cli, Failure, Loaded, Outcome, StderrLockObserver, load, parse_duration, write_metrics,
+};
 use crate::apply::{self, Reporter, StepResult, StepStatus};
 use crate::plan::file::PlanDocument;
 use crate::plan::{Change, Plan};
@@ -23,6 +25,10 @@ pub struct ApplyArgs {
     /// How long to wait for another apply's lock, e.g. 30s or 5m (default 2m).
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
+
+    /// Write Prometheus textfile-collector metrics to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 
     /// `json` prints one JSON object per event, for machines.
     #[arg(long, value_enum, default_value_t = ApplyFormat::Human)]
@@ -66,7 +72,55 @@ pub async fn run(cli: &Cli, args: &ApplyArgs) -> Result<Outcome, Failure> {
     let result = locked(&loaded, args, saved.as_ref(), interactive).await;
     loaded.engine.unlock_all().await;
     loaded.close().await;
-    result
+
+    if let Some(path) = &args.metrics_file {
+        let (failures, ok) = match &result {
+            Ok((_, report)) => (failures_per_resource(report), true),
+            Err(_) => (Vec::new(), false),
+        };
+        let success = ok && failures.is_empty();
+        write_metrics(path, "apply", success, |metrics| {
+            for (resource, count) in &failures {
+                metrics.add(
+                    "opsplan_apply_failures_total",
+                    &[("resource", resource)],
+                    *count as f64,
+                );
+            }
+            // A counter is present from the first run on, so rate() and increase() work.
+            for resource in loaded.engine.resources() {
+                metrics.add(
+                    "opsplan_apply_failures_total",
+                    &[("resource", resource.address())],
+                    0.0,
+                );
+            }
+        })?;
+    }
+    result.and_then(|(outcome, report)| match report {
+        Some(report) if !report.succeeded() => Err(Failure::Message(format!(
+            "apply failed: {} step(s) failed, {} skipped",
+            report.failed(),
+            report.skipped()
+        ))),
+        _ => Ok(outcome),
+    })
+}
+
+fn failures_per_resource(report: &Option<apply::ApplyReport>) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for step in report.iter().flat_map(|r| &r.steps) {
+        if matches!(step.status, StepStatus::Failed { .. }) {
+            match counts
+                .iter_mut()
+                .find(|(resource, _)| *resource == step.resource)
+            {
+                Some((_, count)) => *count += 1,
+                None => counts.push((step.resource.clone(), 1)),
+            }
+        }
+    }
+    counts
 }
 
 fn check_same_configuration(
@@ -92,7 +146,7 @@ async fn locked(
     args: &ApplyArgs,
     saved: Option<&PlanDocument>,
     interactive: bool,
-) -> Result<Outcome, Failure> {
+) -> Result<(Outcome, Option<apply::ApplyReport>), Failure> {
     // Planned under the lock: what another apply did while we waited is already seen.
     let fresh = loaded.engine.plan().await;
     let json = args.format == ApplyFormat::Json;
@@ -114,7 +168,9 @@ async fn locked(
             }
             if !fresh.is_ok() {
                 if json {
-                    emit_json(&serde_json::json!({"event": "plan_refused", "errors": fresh.failures}));
+                    emit_json(
+                        &serde_json::json!({"event": "plan_refused", "errors": fresh.failures}),
+                    );
                 }
                 return Err(Failure::Message(
                     "the plan was refused; nothing was applied".to_string(),
@@ -130,11 +186,13 @@ async fn locked(
         } else if saved.is_some() {
             println!("No changes. The saved plan had nothing to do.");
         }
-        return Ok(Outcome::Clean);
+        return Ok((Outcome::Clean, None));
     }
 
     if saved.is_none() && !args.auto_approve && interactive && !confirm()? {
-        return Err(Failure::Message("apply cancelled; nothing was changed".to_string()));
+        return Err(Failure::Message(
+            "apply cancelled; nothing was changed".to_string(),
+        ));
     }
 
     let report = if json {
@@ -152,15 +210,7 @@ async fn locked(
     } else {
         anstream::print!("\n{}", render::human::report(&report));
     }
-    if report.succeeded() {
-        Ok(Outcome::Clean)
-    } else {
-        Err(Failure::Message(format!(
-            "apply failed: {} step(s) failed, {} skipped",
-            report.failed(),
-            report.skipped()
-        )))
-    }
+    Ok((Outcome::Clean, Some(report)))
 }
 
 /// Refuses the whole saved plan, before anything is touched, when any resource's live state
@@ -168,7 +218,11 @@ async fn locked(
 fn refuse_if_stale(document: &PlanDocument, fresh: &Plan) -> Result<(), Failure> {
     let mut moved = Vec::new();
     for planned in &document.resources {
-        match fresh.resources.iter().find(|r| r.address == planned.address) {
+        match fresh
+            .resources
+            .iter()
+            .find(|r| r.address == planned.address)
+        {
             Some(now) if now.live_source != planned.live_source => moved.push(format!(
                 "{} (planned against {}, now configured for {})",
                 planned.address, planned.live_source, now.live_source
@@ -206,7 +260,9 @@ fn short(fingerprint: &str) -> String {
 }
 
 fn confirm() -> Result<bool, Failure> {
-    print!("\nDo you want to perform these actions? Only 'yes' will be accepted.\n  Enter a value: ");
+    print!(
+        "\nDo you want to perform these actions? Only 'yes' will be accepted.\n  Enter a value: "
+    );
     let _ = std::io::stdout().flush();
     let mut answer = String::new();
     std::io::stdin()

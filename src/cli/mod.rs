@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, all driving the library.
 
 mod apply;
+mod drift;
 mod graph;
 mod init;
 mod plan;
@@ -62,6 +63,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Take the lock, plan again, and carry out the plan in dependency order.
     Apply(apply::ApplyArgs),
+    /// Read-only: report out-of-band changes apart from pending work; exits 2 on drift.
+    Drift(drift::DriftArgs),
     /// Render a saved plan file.
     Show(show::ShowArgs),
     /// Draw the dependency graph.
@@ -139,6 +142,7 @@ async fn dispatch(cli: &Cli) -> Result<Outcome, Failure> {
         Command::Validate => validate::run(cli).await,
         Command::Plan(args) => plan::run(cli, args).await,
         Command::Apply(args) => apply::run(cli, args).await,
+        Command::Drift(args) => drift::run(cli, args).await,
         Command::Show(args) => show::run(cli, args),
         Command::Graph(args) => graph::run(cli, args).await,
         Command::Init => init::run(cli),
@@ -212,6 +216,24 @@ pub fn print_plan(document: &crate::plan::file::PlanDocument, format: PlanFormat
         PlanFormat::Markdown => print!("{}", crate::render::markdown::plan(document)),
         PlanFormat::Json => print!("{}", document.to_json()),
     }
+}
+
+/// Loads the metrics file, lets `update` change it, records the run, and saves it.
+pub fn write_metrics(
+    path: &std::path::Path,
+    command: &str,
+    success: bool,
+    update: impl FnOnce(&mut crate::metrics::Metrics),
+) -> Result<(), Failure> {
+    let mut metrics = crate::metrics::Metrics::load(path);
+    update(&mut metrics);
+    crate::metrics::record_run(&mut metrics, command, success);
+    metrics.save(path).map_err(|error| {
+        Failure::Message(format!(
+            "cannot write the metrics file {}: {error}",
+            path.display()
+        ))
+    })
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

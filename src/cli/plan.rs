@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Cli, Failure, Outcome, PlanFormat, load, print_plan};
+use super::{Cli, Failure, Outcome, PlanFormat, load, print_plan, write_metrics};
 use crate::plan::file::PlanDocument;
 
 #[derive(Debug, Args)]
@@ -18,6 +18,10 @@ pub struct PlanArgs {
     /// Exit 2 when there are changes, 0 when there are none.
     #[arg(long)]
     pub detailed_exitcode: bool,
+
+    /// Write Prometheus textfile-collector metrics to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 pub async fn run(cli: &Cli, args: &PlanArgs) -> Result<Outcome, Failure> {
@@ -27,6 +31,18 @@ pub async fn run(cli: &Cli, args: &PlanArgs) -> Result<Outcome, Failure> {
 
     let document = PlanDocument::new(&plan, &cli.config, &loaded.config.digest);
     print_plan(&document, args.format);
+    if let Some(path) = &args.metrics_file {
+        write_metrics(path, "plan", plan.is_ok(), |metrics| {
+            metrics.clear("opsplan_pending_changes");
+            for resource in &plan.resources {
+                metrics.set(
+                    "opsplan_pending_changes",
+                    &[("resource", &resource.address)],
+                    resource.changes.len() as f64,
+                );
+            }
+        })?;
+    }
     if !plan.is_ok() {
         return Err(Failure::Message(
             "the plan was refused; see the errors above".to_string(),

@@ -37,7 +37,15 @@ pub const DEFAULT_HISTORY_TABLE: &str = "opsplan_schema_history";
 pub struct RawConfig {
     pub project: ProjectSection,
     pub apply: ApplySection,
+    pub drift: DriftSection,
     pub schema: Option<SchemaSection>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+pub struct DriftSection {
+    /// Addresses whose drift `opsplan drift` does not report; a trailing `*` matches a prefix.
+    pub ignore: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -104,6 +112,7 @@ pub struct Config {
     pub digest: String,
     pub production: bool,
     pub lock_timeout: Option<Duration>,
+    pub drift_ignore: Vec<String>,
     pub schema: Option<SchemaConfig>,
 }
 
@@ -318,12 +327,20 @@ fn resolve(
         }
     });
 
+    let drift_ignore = raw
+        .drift
+        .ignore
+        .iter()
+        .map(|pattern| pattern.get_ref().clone())
+        .collect();
+
     Config {
         source,
         base_dir,
         digest,
         production,
         lock_timeout,
+        drift_ignore,
         schema,
     }
 }
@@ -479,7 +496,9 @@ fn key_span(root: &DeTable<'_>, segments: &[Segment]) -> Option<std::ops::Range<
 
 /// Every key this version understands, for `docs/configuration.md` and its test.
 pub fn known_sections() -> BTreeSet<&'static str> {
-    ["project", "apply", "schema"].into_iter().collect()
+    ["project", "apply", "drift", "schema"]
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]

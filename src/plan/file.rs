@@ -107,7 +107,10 @@ impl PlanDocument {
 
     /// A digest of the document, recorded in apply history to say which plan was applied.
     pub fn digest(&self) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(self.to_json().as_bytes())))
+        format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(self.to_json().as_bytes()))
+        )
     }
 
     /// Writes the document with mode 0600, atomically.

@@ -117,10 +117,15 @@ mod action_list {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Action, D::Error> {
         let list = Vec::<String>::deserialize(deserializer)?;
         let list: Vec<&str> = list.iter().map(String::as_str).collect();
-        [Action::Create, Action::Update, Action::Delete, Action::Replace]
-            .into_iter()
-            .find(|action| action.as_list() == list.as_slice())
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown actions {list:?}")))
+        [
+            Action::Create,
+            Action::Update,
+            Action::Delete,
+            Action::Replace,
+        ]
+        .into_iter()
+        .find(|action| action.as_list() == list.as_slice())
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown actions {list:?}")))
     }
 }
 

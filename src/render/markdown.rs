@@ -34,7 +34,12 @@ pub fn render(document: &PlanDocument, limit: usize) -> String {
 
     for failure in &document.errors {
         for message in &failure.messages {
-            let _ = writeln!(out, "- **Error** `{}`: {}", failure.address, escape(message));
+            let _ = writeln!(
+                out,
+                "- **Error** `{}`: {}",
+                failure.address,
+                escape(message)
+            );
         }
     }
     if !document.errors.is_empty() {
@@ -50,7 +55,11 @@ pub fn render(document: &PlanDocument, limit: usize) -> String {
             .map(|c| c.action)
             .collect::<BTreeSet<_>>()
         {
-            let count = resource.changes.iter().filter(|c| c.action == action).count();
+            let count = resource
+                .changes
+                .iter()
+                .filter(|c| c.action == action)
+                .count();
             symbols.push(format!("`{}`{count}", action.symbol()));
         }
         let changes = if symbols.is_empty() {
@@ -69,7 +78,12 @@ pub fn render(document: &PlanDocument, limit: usize) -> String {
 
     for resource in &document.resources {
         for warning in &resource.warnings {
-            let _ = writeln!(out, "> **Warning** `{}`: {}", resource.address, escape(warning));
+            let _ = writeln!(
+                out,
+                "> **Warning** `{}`: {}",
+                resource.address,
+                escape(warning)
+            );
         }
     }
 
@@ -137,7 +151,12 @@ fn change_block(change: &crate::plan::Change) -> String {
             (Some(before), None) => format!("{before} -> (none)"),
             (None, None) => "(none)".to_string(),
         };
-        let _ = writeln!(block, "    {} = {}", attribute.name, value.replace("```", "'''"));
+        let _ = writeln!(
+            block,
+            "    {} = {}",
+            attribute.name,
+            value.replace("```", "'''")
+        );
     }
     block
 }

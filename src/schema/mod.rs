@@ -17,7 +17,7 @@ pub use files::MigrationFile;
 
 use crate::config::{SchemaConfig, TargetVersion};
 use crate::diagnostic::{Diagnostic, Diagnostics, Location};
-use crate::engine::{Diff, LiveState, LockObserver, Resource, ResourceError};
+use crate::engine::{Diff, DriftItem, LiveState, LockObserver, Resource, ResourceError};
 use crate::graph::Dependency;
 use crate::plan::{Action, Attribute, Change, Fingerprint};
 
@@ -162,9 +162,10 @@ impl SchemaResource {
             .filter(|r| r.success)
             .max_by_key(|r| r.version);
 
+        // Out-of-band changes to what was applied are drift; the plan refuses them too.
         for row in history {
-            if !row.success {
-                diff.refusals.push(format!(
+            let message = if !row.success {
+                format!(
                     "version {} is partially applied; resolve manually, then mark it. {} \
                      failed at {}: {}. Inspect the database, finish or revert the change by \
                      hand, then run `opsplan schema mark-applied {}` (finished) or \
@@ -175,23 +176,21 @@ impl SchemaResource {
                     row.note.as_deref().unwrap_or("no detail recorded"),
                     row.version,
                     row.version
-                ));
-                continue;
-            }
-            match self.file(row.version) {
-                Some(file) if file.checksum != row.checksum => diff.refusals.push(format!(
-                    "{shown_dir}/{} was modified after it was applied (applied {} with checksum \
-                     {}, the file now has {}). Restore the applied content and put the change \
-                     in a new migration; line-ending changes (CRLF/LF) alone are not \
-                     modifications",
-                    file.file_name,
-                    row.applied_at,
-                    short(&row.checksum),
-                    short(&file.checksum)
-                )),
-                Some(_) => {}
-                None if newest_file.is_none_or(|newest| row.version > newest) => {
-                    diff.refusals.push(format!(
+                )
+            } else {
+                match self.file(row.version) {
+                    Some(file) if file.checksum == row.checksum => continue,
+                    Some(file) => format!(
+                        "{shown_dir}/{} was modified after it was applied (applied {} with \
+                         checksum {}, the file now has {}). Restore the applied content and put \
+                         the change in a new migration; line-ending changes (CRLF/LF) alone are \
+                         not modifications",
+                        file.file_name,
+                        row.applied_at,
+                        short(&row.checksum),
+                        short(&file.checksum)
+                    ),
+                    None if newest_file.is_none_or(|newest| row.version > newest) => format!(
                         "the database is ahead of the desired state: {} (version {}) is applied \
                          but {shown_dir} {}. opsplan never runs down migrations: deploy the \
                          newer migrations, or restore a backup to go back",
@@ -201,19 +200,23 @@ impl SchemaResource {
                             Some(newest) => format!("only goes up to {}", newest.prefix),
                             None => "holds no migrations".to_string(),
                         }
-                    ))
+                    ),
+                    None => format!(
+                        "applied migration {} (version {}, description {}, checksum {}) is not \
+                         found in {shown_dir}. Restore the file, or if the change was reverted \
+                         by hand, run `opsplan schema mark-removed {}`",
+                        row.script,
+                        row.version,
+                        row.description,
+                        short(&row.checksum),
+                        row.version
+                    ),
                 }
-                None => diff.refusals.push(format!(
-                    "applied migration {} (version {}, description {}, checksum {}) is not \
-                     found in {shown_dir}. Restore the file, or if the change was reverted by \
-                     hand, run `opsplan schema mark-removed {}`",
-                    row.script,
-                    row.version,
-                    row.description,
-                    short(&row.checksum),
-                    row.version
-                )),
-            }
+            };
+            diff.drift.push(DriftItem {
+                address: row_address(row),
+                message,
+            });
         }
 
         if let (TargetVersion::Version(target), Some(latest)) = (self.config.target, latest_applied)
@@ -581,6 +584,13 @@ impl Resource for SchemaResource {
         }
         Ok(run::run_migration(&self.database, file, &self.config.migrations_display).await?)
     }
+}
+
+fn row_address(row: &AppliedMigration) -> String {
+    format!(
+        "{ADDRESS}.migration[\"{}\"]",
+        row.script.trim_end_matches(".sql")
+    )
 }
 
 fn summarize(state: &DatabaseState, history: &[AppliedMigration]) -> String {
