@@ -195,11 +195,19 @@ async fn locked(
         ));
     }
 
+    let plan_digest = match saved {
+        Some(document) => document.digest(),
+        None => {
+            PlanDocument::new(&plan, &loaded.config.source.path, &loaded.config.digest).digest()
+        }
+    };
+    let started_at = now();
     let report = if json {
         apply::apply(&loaded.engine, &plan, &JsonReporter).await
     } else {
         apply::apply(&loaded.engine, &plan, &LineReporter).await
     };
+    record_history(loaded, &report, &plan_digest, &started_at).await;
     if json {
         emit_json(&serde_json::json!({
             "event": "apply_finished",
@@ -253,6 +261,63 @@ fn refuse_if_stale(document: &PlanDocument, fresh: &Plan) -> Result<(), Failure>
          applied; run `opsplan plan --out FILE` again and review the new plan",
         moved.join(", ")
     )))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Writes the run to the apply history table of the target database, if there is one. A
+/// failure to record is reported but does not undo or fail the apply.
+async fn record_history(
+    loaded: &Loaded,
+    report: &apply::ApplyReport,
+    plan_digest: &str,
+    started_at: &str,
+) {
+    let Some(schema) = &loaded.schema else {
+        return;
+    };
+    let run_id = format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        std::process::id()
+    );
+    let finished_at = now();
+    let steps = report
+        .steps
+        .iter()
+        .map(|step| {
+            let (status, detail) = match &step.status {
+                StepStatus::Applied { detail } => ("applied", Some(detail.clone())),
+                StepStatus::Failed { error } => ("failed", Some(error.clone())),
+                StepStatus::Skipped { blocked_by } => {
+                    ("skipped", Some(format!("blocked by {blocked_by}")))
+                }
+            };
+            crate::schema::ApplyRunStep {
+                address: step.address.clone(),
+                resource: step.resource.clone(),
+                status,
+                detail,
+                duration_ms: i64::try_from(step.duration_ms).unwrap_or(i64::MAX),
+            }
+        })
+        .collect();
+    let run = crate::schema::ApplyRun {
+        run_id: &run_id,
+        started_at,
+        finished_at: &finished_at,
+        plan_digest,
+        config_digest: &loaded.config.digest,
+        steps,
+    };
+    if let Err(error) = schema.record_apply(&run).await {
+        eprintln!(
+            "warning: the apply was not recorded in the apply history: {}",
+            crate::engine::error_chain(&error)
+        );
+    }
 }
 
 fn short(fingerprint: &str) -> String {

@@ -3,6 +3,7 @@
 mod apply;
 mod drift;
 mod graph;
+mod history;
 mod init;
 mod plan;
 mod schema;
@@ -67,6 +68,8 @@ pub enum Command {
     Drift(drift::DriftArgs),
     /// Render a saved plan file.
     Show(show::ShowArgs),
+    /// List recorded apply runs, newest first, from the target database.
+    History(history::HistoryArgs),
     /// Draw the dependency graph.
     Graph(graph::GraphArgs),
     /// Write a starting ops.toml that runs with nothing installed.
@@ -145,6 +148,7 @@ async fn dispatch(cli: &Cli) -> Result<Outcome, Failure> {
         Command::Drift(args) => drift::run(cli, args).await,
         Command::Show(args) => show::run(cli, args),
         Command::Graph(args) => graph::run(cli, args).await,
+        Command::History(args) => history::run(cli, args).await,
         Command::Init => init::run(cli),
         Command::Schema(command) => schema::run(cli, command).await,
     }

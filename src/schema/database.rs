@@ -61,6 +61,41 @@ pub struct NewHistoryRow<'a> {
     pub note: Option<&'a str>,
 }
 
+/// One apply run, for the apply history table.
+#[derive(Debug, Clone)]
+pub struct ApplyRun<'a> {
+    pub run_id: &'a str,
+    pub started_at: &'a str,
+    pub finished_at: &'a str,
+    pub plan_digest: &'a str,
+    pub config_digest: &'a str,
+    pub steps: Vec<ApplyRunStep>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyRunStep {
+    pub address: String,
+    pub resource: String,
+    pub status: &'static str,
+    pub detail: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// One row of the apply history table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoggedStep {
+    pub run_id: String,
+    pub seq: i64,
+    pub started_at: String,
+    pub finished_at: String,
+    pub applied_by: String,
+    pub plan_digest: String,
+    pub address: String,
+    pub status: String,
+    pub detail: Option<String>,
+    pub duration_ms: i64,
+}
+
 /// What the plan needs to know about the database.
 #[derive(Debug, Clone, Default)]
 pub struct DatabaseState {
@@ -491,6 +526,148 @@ impl Database {
             .await
             .map_err(|e| self.query_error("creating the history table", e))?;
         Ok(())
+    }
+
+    /// The apply history table: `opsplan_apply_history`, or `<history table>_applies` when
+    /// the history table has another name.
+    pub fn apply_log_table(&self) -> String {
+        if self.table == crate::config::DEFAULT_HISTORY_TABLE {
+            "opsplan_apply_history".to_string()
+        } else {
+            format!("{}_applies", self.table)
+        }
+    }
+
+    async fn create_apply_log_table(
+        &self,
+        connection: &mut AnyConnection,
+    ) -> Result<(), SchemaError> {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n\
+             run_id VARCHAR(64) NOT NULL,\n\
+             seq INTEGER NOT NULL,\n\
+             started_at VARCHAR(40) NOT NULL,\n\
+             finished_at VARCHAR(40) NOT NULL,\n\
+             applied_by VARCHAR(255) NOT NULL,\n\
+             opsplan_version VARCHAR(32) NOT NULL,\n\
+             plan_digest VARCHAR(80) NOT NULL,\n\
+             config_digest VARCHAR(80) NOT NULL,\n\
+             address VARCHAR(512) NOT NULL,\n\
+             resource VARCHAR(255) NOT NULL,\n\
+             status VARCHAR(16) NOT NULL,\n\
+             detail TEXT,\n\
+             duration_ms BIGINT NOT NULL,\n\
+             PRIMARY KEY (run_id, seq))",
+            self.apply_log_table()
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(connection)
+            .await
+            .map_err(|e| self.query_error("creating the apply history table", e))?;
+        Ok(())
+    }
+
+    /// Records one apply run, one row per step, in a single transaction.
+    pub async fn record_apply(&self, run: &ApplyRun<'_>) -> Result<(), SchemaError> {
+        let mut guard = self.session().await?;
+        let connection = guard.as_mut().expect("connection is open");
+        self.create_apply_log_table(connection).await?;
+        let p = |n: usize| self.dialect.placeholder(n);
+        let sql = format!(
+            "INSERT INTO {} (run_id, seq, started_at, finished_at, applied_by, opsplan_version, \
+             plan_digest, config_digest, address, resource, status, detail, duration_ms) \
+             VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+            self.apply_log_table(),
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6),
+            p(7),
+            p(8),
+            p(9),
+            p(10),
+            p(11),
+            p(12),
+            p(13)
+        );
+        let mut transaction = connection
+            .begin()
+            .await
+            .map_err(|e| self.query_error("recording the apply", e))?;
+        for (seq, step) in run.steps.iter().enumerate() {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(run.run_id.to_string())
+                .bind(seq as i32)
+                .bind(run.started_at.to_string())
+                .bind(run.finished_at.to_string())
+                .bind(operator())
+                .bind(env!("CARGO_PKG_VERSION"))
+                .bind(run.plan_digest.to_string())
+                .bind(run.config_digest.to_string())
+                .bind(step.address.clone())
+                .bind(step.resource.clone())
+                .bind(step.status.to_string())
+                .bind(step.detail.clone())
+                .bind(step.duration_ms)
+                .execute(&mut *transaction)
+                .await
+                .map_err(|e| self.query_error("recording the apply", e))?;
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(|e| self.query_error("recording the apply", e))
+    }
+
+    /// The most recent `limit` runs' steps, newest run first.
+    pub async fn list_applies(&self, limit: usize) -> Result<Vec<LoggedStep>, SchemaError> {
+        let locked = *self.locked.lock().await;
+        if self.dialect == Dialect::Sqlite
+            && !locked
+            && self.sqlite_path().is_some_and(|path| !path.exists())
+        {
+            return Ok(Vec::new());
+        }
+        let mut guard = self.connection(locked).await?;
+        let connection = guard.as_mut().expect("connection is open");
+        let table = self.apply_log_table();
+        if !self
+            .tables(connection)
+            .await?
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&table))
+        {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT run_id, seq, started_at, finished_at, applied_by, plan_digest, address, \
+             status, detail, duration_ms FROM {table} WHERE run_id IN (SELECT run_id FROM \
+             (SELECT DISTINCT run_id, started_at FROM {table} ORDER BY started_at DESC LIMIT \
+             {limit}) recent) ORDER BY started_at DESC, run_id, seq"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(|e| self.query_error("reading the apply history", e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(LoggedStep {
+                    run_id: row.try_get(0)?,
+                    seq: row.try_get(1)?,
+                    started_at: row.try_get(2)?,
+                    finished_at: row.try_get(3)?,
+                    applied_by: row.try_get(4)?,
+                    plan_digest: row.try_get(5)?,
+                    address: row.try_get(6)?,
+                    status: row.try_get(7)?,
+                    detail: row.try_get(8)?,
+                    duration_ms: row.try_get(9)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.query_error("decoding the apply history", e))
     }
 
     /// The locked connection, for running migrations.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use database::{AppliedMigration, Database, DatabaseState};
+pub use database::{AppliedMigration, ApplyRun, ApplyRunStep, Database, DatabaseState, LoggedStep};
 pub use error::SchemaError;
 pub use files::MigrationFile;
 
@@ -474,6 +474,25 @@ impl SchemaResource {
 
     pub async fn close(&self) {
         self.database.close().await;
+    }
+
+    /// Records an apply run in the target database; call it while the lock is held.
+    pub async fn record_apply(&self, run: &ApplyRun<'_>) -> Result<(), SchemaError> {
+        self.database.record_apply(run).await
+    }
+
+    pub async fn list_applies(&self, limit: usize) -> Result<Vec<LoggedStep>, SchemaError> {
+        self.database.list_applies(limit).await
+    }
+
+    /// Where the apply history is kept, for messages.
+    pub fn apply_history_location(&self) -> String {
+        format!(
+            "{} in {} at {}",
+            self.database.apply_log_table(),
+            self.database.backend(),
+            self.database.address()
+        )
     }
 }
 
