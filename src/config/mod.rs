@@ -5,6 +5,7 @@
 //! keeps its span), and the typed model is deserialized while unknown keys are collected
 //! instead of stopping at the first one.
 
+pub mod alerts;
 mod env;
 
 use std::borrow::Cow;
@@ -38,6 +39,7 @@ pub struct RawConfig {
     pub project: ProjectSection,
     pub apply: ApplySection,
     pub schema: Option<SchemaSection>,
+    pub alerts: Option<alerts::AlertsSection>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -105,6 +107,7 @@ pub struct Config {
     pub production: bool,
     pub lock_timeout: Option<Duration>,
     pub schema: Option<SchemaConfig>,
+    pub alerts: Option<alerts::AlertsConfig>,
 }
 
 /// The schema concern's desired state.
@@ -318,6 +321,10 @@ fn resolve(
         }
     });
 
+    let alerts = raw
+        .alerts
+        .map(|section| alerts::resolve(section, &source, &base_dir, problems));
+
     Config {
         source,
         base_dir,
@@ -325,6 +332,7 @@ fn resolve(
         production,
         lock_timeout,
         schema,
+        alerts,
     }
 }
 
@@ -479,7 +487,9 @@ fn key_span(root: &DeTable<'_>, segments: &[Segment]) -> Option<std::ops::Range<
 
 /// Every key this version understands, for `docs/configuration.md` and its test.
 pub fn known_sections() -> BTreeSet<&'static str> {
-    ["project", "apply", "schema"].into_iter().collect()
+    ["project", "apply", "schema", "alerts"]
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
