@@ -13,7 +13,7 @@ pub const RATE_LIMITED_METRIC: &str = "authsvc_rate_limited_requests_total";
 struct Defaults {
     alert: &'static str,
     metric: &'static str,
-    threshold: f64,
+    threshold: &'static str,
     window: &'static str,
     for_duration: &'static str,
     severity: &'static str,
@@ -22,7 +22,7 @@ struct Defaults {
 const MIGRATION_FAILURES: Defaults = Defaults {
     alert: "OpsplanMigrationFailed",
     metric: APPLY_FAILURES_METRIC,
-    threshold: 0.0,
+    threshold: "0",
     window: "15m",
     for_duration: "0s",
     severity: "critical",
@@ -31,7 +31,7 @@ const MIGRATION_FAILURES: Defaults = Defaults {
 const TOKEN_REUSE: Defaults = Defaults {
     alert: "AuthTokenReuseRepeated",
     metric: TOKEN_REUSE_METRIC,
-    threshold: 3.0,
+    threshold: "3",
     window: "10m",
     for_duration: "0s",
     severity: "critical",
@@ -40,7 +40,7 @@ const TOKEN_REUSE: Defaults = Defaults {
 const RATE_LIMIT_SPIKES: Defaults = Defaults {
     alert: "AuthRateLimitSpike",
     metric: RATE_LIMITED_METRIC,
-    threshold: 5.0,
+    threshold: "5",
     window: "5m",
     for_duration: "5m",
     severity: "warning",
@@ -93,9 +93,12 @@ pub fn group(config: &BuiltinConfig) -> Option<RuleGroupYaml> {
 
 fn settings(alert: &BuiltinAlertConfig, defaults: &Defaults) -> (String, String, String) {
     let metric = alert.metric.clone().unwrap_or(defaults.metric.to_string());
-    let threshold = alert.threshold.unwrap_or(defaults.threshold);
+    let threshold = alert
+        .threshold
+        .clone()
+        .unwrap_or(defaults.threshold.to_string());
     let window = alert.window.clone().unwrap_or(defaults.window.to_string());
-    (metric, threshold.to_string(), window)
+    (metric, threshold, window)
 }
 
 fn rule(

@@ -121,7 +121,7 @@ impl Default for BuiltinSection {
 pub struct BuiltinAlertSection {
     pub enabled: bool,
     pub metric: Option<String>,
-    pub threshold: Option<f64>,
+    pub threshold: Option<Scalar>,
     pub window: Option<String>,
     #[serde(rename = "for")]
     pub for_duration: Option<String>,
@@ -163,7 +163,7 @@ pub struct InlineGroupConfig {
 pub struct BuiltinAlertConfig {
     pub enabled: bool,
     pub metric: Option<String>,
-    pub threshold: Option<f64>,
+    pub threshold: Option<String>,
     pub window: Option<String>,
     pub for_duration: Option<String>,
     pub severity: Option<String>,
@@ -278,7 +278,7 @@ pub(super) fn resolve(
     let builtin_alert = |alert: &BuiltinAlertSection| BuiltinAlertConfig {
         enabled: alert.enabled,
         metric: alert.metric.clone(),
-        threshold: alert.threshold,
+        threshold: alert.threshold.as_ref().map(Scalar::text),
         window: alert.window.clone(),
         for_duration: alert.for_duration.clone(),
         severity: alert.severity.clone(),
