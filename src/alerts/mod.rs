@@ -676,8 +676,9 @@ impl Resource for AlertsResource {
         match &self.config.target {
             AlertsTarget::File => format!("rule files in {}", self.config.rules_dir_display),
             AlertsTarget::Prometheus { url } => format!(
-                "rule files in {}, loaded by Prometheus at {url}",
-                self.config.rules_dir_display
+                "rule files in {}, loaded by Prometheus at {}",
+                self.config.rules_dir_display,
+                url.redacted()
             ),
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::error::AlertsError;
+use crate::secret::SecretUrl;
 
 /// A rule group as Prometheus reports it after loading.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,25 +42,33 @@ struct RulesData {
 /// One Prometheus server, by base URL.
 #[derive(Clone)]
 pub struct PrometheusApi {
-    url: String,
+    url: SecretUrl,
     agent: ureq::Agent,
 }
 
 impl PrometheusApi {
-    pub fn new(url: &str) -> PrometheusApi {
+    pub fn new(url: &SecretUrl) -> PrometheusApi {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(30)))
             .http_status_as_error(false)
             .build()
             .into();
         PrometheusApi {
-            url: url.to_string(),
+            url: url.clone(),
             agent,
         }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The base URL with any credentials removed, for messages.
+    pub fn url(&self) -> String {
+        self.url.redacted()
+    }
+
+    fn endpoint(&self, path: &str) -> (String, String) {
+        (
+            format!("{}{path}", self.url.expose()),
+            format!("{}{path}", self.url.redacted()),
+        )
     }
 
     /// Asks Prometheus to reread its configuration and rule files.
@@ -87,10 +96,10 @@ impl PrometheusApi {
 
     /// The rule groups Prometheus has loaded.
     pub fn rules(&self) -> Result<Vec<LoadedGroup>, AlertsError> {
-        let address = format!("{}/api/v1/rules", self.url);
+        let (target, address) = self.endpoint("/api/v1/rules");
         let mut response = self
             .agent
-            .get(&address)
+            .get(&target)
             .call()
             .map_err(|source| AlertsError::Http {
                 address: address.clone(),

@@ -64,6 +64,7 @@ enum Token {
     Literal,
     Declare,
     Assign,
+    Pipe,
     Other,
 }
 
@@ -130,7 +131,14 @@ pub fn check(text: &str) -> Result<(), String> {
             "template" => body = &tokens[1..],
             _ => {}
         }
-        check_pipeline(body, &mut scopes)?;
+        let bare_else = keyword == "else" && body.is_empty();
+        if !bare_else {
+            let context = match keyword {
+                "if" | "range" | "with" => keyword,
+                _ => "command",
+            };
+            check_pipeline(body, context, &mut scopes)?;
+        }
     }
 
     if let Some(open) = controls.last() {
@@ -249,7 +257,10 @@ fn tokenize(action: &str) -> Result<Vec<Token>, String> {
         } else if c == '=' {
             tokens.push(Token::Assign);
             i += 1;
-        } else if matches!(c, '|' | '(' | ')' | ',') {
+        } else if c == '|' {
+            tokens.push(Token::Pipe);
+            i += 1;
+        } else if matches!(c, '(' | ')' | ',') {
             tokens.push(Token::Other);
             i += 1;
         } else {
@@ -259,7 +270,11 @@ fn tokenize(action: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
-fn check_pipeline(tokens: &[Token], scopes: &mut [Vec<String>]) -> Result<(), String> {
+fn check_pipeline(
+    tokens: &[Token],
+    context: &str,
+    scopes: &mut [Vec<String>],
+) -> Result<(), String> {
     // `$x := …` and `$i, $e := …` declare; the names are usable after this action.
     let declare_at = tokens.iter().position(|t| *t == Token::Declare);
     let mut declared = Vec::new();
@@ -274,6 +289,10 @@ fn check_pipeline(tokens: &[Token], scopes: &mut [Vec<String>]) -> Result<(), St
         }
         None => tokens,
     };
+    // `{{ }}`, `{{ if }}` and `{{ $x := }}` have no value; Go accepts a trailing `|`.
+    if body.first().is_none_or(|t| *t == Token::Pipe) {
+        return Err(format!("missing value for {context}"));
+    }
 
     let defined = |name: &str, scopes: &[Vec<String>]| {
         scopes.iter().any(|scope| scope.iter().any(|v| v == name))
@@ -339,5 +358,15 @@ mod tests {
             Err("unexpected {{end}}".to_string())
         );
         assert!(check("{{ if true }}{{ $y := 1 }}{{ end }}{{ $y }}").is_err());
+        assert_eq!(check("{{ }}"), Err("missing value for command".to_string()));
+        assert_eq!(
+            check("{{ if }}x{{ end }}"),
+            Err("missing value for if".to_string())
+        );
+        assert_eq!(
+            check("{{ $x := }}"),
+            Err("missing value for command".to_string())
+        );
+        assert_eq!(check("{{ $value | humanize | }}"), Ok(()));
     }
 }

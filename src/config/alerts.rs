@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Location, SourceFile};
+use crate::secret::SecretUrl;
 
 /// The folder of rendered rule files when `alerts.rules_dir` is not set.
 pub const DEFAULT_RULES_DIR: &str = ".opsplan/rules";
@@ -129,12 +130,12 @@ pub struct BuiltinAlertSection {
 }
 
 /// Where rendered rules go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AlertsTarget {
     /// Rule files on disk, and nothing else.
     File,
     /// Rule files on disk that Prometheus at `url` loads; reloaded and verified.
-    Prometheus { url: String },
+    Prometheus { url: SecretUrl },
 }
 
 /// One rule written in ops.toml, with the place each value was written.
@@ -212,7 +213,7 @@ pub(super) fn resolve(
                     || url.get_ref().starts_with("https://") =>
             {
                 AlertsTarget::Prometheus {
-                    url: url.get_ref().trim_end_matches('/').to_string(),
+                    url: SecretUrl::new(url.get_ref().trim_end_matches('/')),
                 }
             }
             Some(url) => {
