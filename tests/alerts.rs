@@ -325,6 +325,11 @@ fn corpus_applies_to_prometheus_and_the_next_plan_is_clean() {
         .run(&["plan", "--detailed-exitcode"])
         .expect_code(0)
         .expect_contains("alerts: 56 group(s), 446 rule(s) in 56 file(s)")
+        .expect_contains(&format!(
+            "check prometheus: ok (Prometheus at {} has 56 group(s) loaded, 56 of them from {})",
+            server.url,
+            server.rules_dir().display()
+        ))
         .expect_contains("No changes.");
 }
 
@@ -462,6 +467,61 @@ fn verification_failure_restores_the_previous_state() {
         .expect_contains("did not load group auth from auth.yml")
         .expect_contains("was restored and Prometheus reloaded");
     assert!(!elsewhere.join("auth.yml").exists());
+}
+
+#[test]
+fn unreachable_prometheus_fails_the_apply_and_leaves_no_file() {
+    let project = Project::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    project.config(&format!(
+        "[alerts]\ntarget = \"prometheus\"\nprometheus_url = \"http://127.0.0.1:{port}\"\n\
+         include = [\"ops/alerts/*.yml\"]\n"
+    ));
+    let rules: &[(&str, &str)] = &[("AuthDown", "up == 0")];
+    project.write("ops/alerts/auth.yml", &rule_file(&[("auth", rules)]));
+    project
+        .run(&["plan"])
+        .expect_code(0)
+        .expect_contains(&format!(
+            "check prometheus: FAILED (Prometheus at http://127.0.0.1:{port}/api/v1/rules did \
+             not answer"
+        ));
+    project
+        .run(&["apply", "--auto-approve"])
+        .expect_code(1)
+        .expect_contains(&format!(
+            "Prometheus at http://127.0.0.1:{port}/-/reload did not answer"
+        ))
+        .expect_contains("was restored");
+    assert!(!project.path().join(".opsplan/rules/auth.yml").exists());
+}
+
+#[test]
+fn credentials_in_the_prometheus_url_are_never_shown() {
+    let project = Project::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    project.config(&format!(
+        "[alerts]\ntarget = \"prometheus\"\n\
+         prometheus_url = \"http://ops:hunter2secret@127.0.0.1:{port}\"\n\
+         [[alerts.group]]\nname = \"auth\"\n[[alerts.group.rule]]\nalert = \"A\"\nexpr = \"up\"\n"
+    ));
+    for args in [
+        &["plan"][..],
+        &["apply", "--auto-approve"],
+        &["-vv", "plan"],
+    ] {
+        let run = project.run(args);
+        assert!(!run.all().contains("hunter2secret"), "{}", run.all());
+        assert!(run.all().contains("127.0.0.1"), "{}", run.all());
+    }
 }
 
 #[test]

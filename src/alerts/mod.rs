@@ -26,7 +26,7 @@ use crate::config::alerts::{AlertsConfig, AlertsTarget, DEFAULT_NAMESPACE};
 use crate::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::engine::{Diff, LiveState, Resource, ResourceError};
 use crate::graph::Dependency;
-use crate::plan::{Action, Attribute, Change, Fingerprint};
+use crate::plan::{Action, Attribute, Change, Check, Fingerprint};
 use prometheus::PrometheusApi;
 use rules::{RuleGroupYaml, SourcedGroup};
 
@@ -50,6 +50,8 @@ pub fn group_address(namespace: &str, name: &str) -> String {
 #[derive(Debug, Default)]
 pub struct LiveRules {
     pub files: BTreeMap<String, LiveFile>,
+    /// What Prometheus answered to a read-only `GET /api/v1/rules`, for the plan's check.
+    pub probe: Option<Check>,
 }
 
 #[derive(Debug)]
@@ -141,8 +143,39 @@ impl AlertsResource {
         Ok(live)
     }
 
+    /// Asks Prometheus which groups it has loaded from `rules_dir`'s files; writes nothing.
+    fn probe(&self, live: &LiveRules) -> Option<Check> {
+        let api = self.api()?;
+        let detail = match api.rules() {
+            Ok(groups) => {
+                let ours = groups
+                    .iter()
+                    .filter(|g| {
+                        Path::new(&g.file)
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|name| live.files.contains_key(name))
+                    })
+                    .count();
+                Ok(format!(
+                    "Prometheus at {} has {} group(s) loaded, {ours} of them from {}",
+                    api.url(),
+                    groups.len(),
+                    self.config.rules_dir_display
+                ))
+            }
+            Err(error) => Err(crate::engine::error_chain(&error)),
+        };
+        Some(Check {
+            name: "prometheus".to_string(),
+            passed: detail.is_ok(),
+            detail: detail.unwrap_or_else(|error| error),
+        })
+    }
+
     fn compare(&self, live: &LiveRules) -> Diff {
         let mut diff = Diff::default();
+        diff.checks.extend(live.probe.clone());
         let live_groups: usize = live.files.values().map(|f| f.groups.len()).sum();
         let live_rules: usize = live
             .files
@@ -702,7 +735,10 @@ impl Resource for AlertsResource {
     }
 
     async fn read(&self) -> Result<LiveState, ResourceError> {
-        Ok(Box::new(self.read_live()?))
+        let mut live = self.read_live()?;
+        // The Prometheus client blocks; keep it off the async workers.
+        live.probe = tokio::task::block_in_place(|| self.probe(&live));
+        Ok(Box::new(live))
     }
 
     fn fingerprint(&self, live: &LiveState) -> Fingerprint {
