@@ -217,6 +217,7 @@ impl AlertsResource {
                     let before = rules::normalize(current);
                     let after = rules::normalize(&sourced.group);
                     if before == after {
+                        tracing::debug!(%address, "live group matches the desired one");
                         continue;
                     }
                     let fields = rules::changed_fields(&before, &after);
@@ -361,6 +362,12 @@ impl AlertsResource {
             write_atomic(&path, &rules::render_file(&groups))?;
         }
         let written = format!("wrote {}", self.shown_file(namespace));
+        tracing::debug!(
+            path = %path.display(),
+            groups = groups.len(),
+            kept_previous = previous.is_some(),
+            "rule file written"
+        );
 
         let Some(api) = self.api() else {
             return Ok(written);
