@@ -5,6 +5,7 @@
 //! state and diffs it into a [`plan`], [`render`] shows the plan, and [`apply`] carries it
 //! out in dependency order.
 
+pub mod alerts;
 pub mod apply;
 pub mod cli;
 pub mod config;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::alerts::AlertsResource;
 use crate::config::{Config, DEFAULT_CONFIG_FILE};
 use crate::diagnostic::Diagnostics;
 use crate::engine::{Engine, LockObserver, Resource};
@@ -170,6 +171,9 @@ pub fn load(cli: &Cli) -> Result<Loaded, Failure> {
         .map(|schema| Arc::new(SchemaResource::new(schema)));
     if let Some(schema) = &schema {
         resources.push(schema.clone());
+    }
+    if let Some(alerts) = config.alerts.clone() {
+        resources.push(Arc::new(AlertsResource::new(alerts)));
     }
     let engine = Engine::new(resources)?;
     let problems = engine.validate();

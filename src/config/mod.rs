@@ -5,6 +5,7 @@
 //! keeps its span), and the typed model is deserialized while unknown keys are collected
 //! instead of stopping at the first one.
 
+pub mod alerts;
 mod env;
 
 use std::borrow::Cow;
@@ -39,6 +40,7 @@ pub struct RawConfig {
     pub apply: ApplySection,
     pub drift: DriftSection,
     pub schema: Option<SchemaSection>,
+    pub alerts: Option<alerts::AlertsSection>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -114,6 +116,7 @@ pub struct Config {
     pub lock_timeout: Option<Duration>,
     pub drift_ignore: Vec<String>,
     pub schema: Option<SchemaConfig>,
+    pub alerts: Option<alerts::AlertsConfig>,
 }
 
 /// The schema concern's desired state.
@@ -333,6 +336,9 @@ fn resolve(
         .iter()
         .map(|pattern| pattern.get_ref().clone())
         .collect();
+    let alerts = raw
+        .alerts
+        .map(|section| alerts::resolve(section, &source, &base_dir, problems));
 
     Config {
         source,
@@ -342,6 +348,7 @@ fn resolve(
         lock_timeout,
         drift_ignore,
         schema,
+        alerts,
     }
 }
 
@@ -496,7 +503,7 @@ fn key_span(root: &DeTable<'_>, segments: &[Segment]) -> Option<std::ops::Range<
 
 /// Every key this version understands, for `docs/configuration.md` and its test.
 pub fn known_sections() -> BTreeSet<&'static str> {
-    ["project", "apply", "drift", "schema"]
+    ["project", "apply", "drift", "schema", "alerts"]
         .into_iter()
         .collect()
 }
