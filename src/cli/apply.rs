@@ -17,6 +17,11 @@ pub struct ApplyArgs {
     /// How long to wait for another apply's lock, e.g. 30s or 5m (default 2m).
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
+
+    /// Send the mail verification message (to mail.verify_to) even when the mail settings
+    /// did not change.
+    #[arg(long)]
+    pub send_verification: bool,
 }
 
 pub async fn run(cli: &Cli, args: &ApplyArgs) -> Result<Outcome, Failure> {

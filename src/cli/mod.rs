@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{Config, DEFAULT_CONFIG_FILE};
 use crate::diagnostic::Diagnostics;
 use crate::engine::{Engine, LockObserver, Resource};
+use crate::mail::MailResource;
 use crate::schema::SchemaResource;
 
 /// How long `apply` waits for another apply's lock unless told otherwise.
@@ -158,6 +159,13 @@ pub fn load(cli: &Cli) -> Result<Loaded, Failure> {
         .map(|schema| Arc::new(SchemaResource::new(schema)));
     if let Some(schema) = &schema {
         resources.push(schema.clone());
+    }
+    if let Some(mail) = config.mail.clone() {
+        let mail = MailResource::new(mail);
+        if matches!(&cli.command, Command::Apply(args) if args.send_verification) {
+            mail.request_verification();
+        }
+        resources.push(Arc::new(mail));
     }
     let engine = Engine::new(resources)?;
     let problems = engine.validate();
