@@ -148,7 +148,12 @@ pub struct SilentServer {
 
 impl SilentServer {
     pub fn start() -> SilentServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        Self::start_on(0).expect("bind a free port")
+    }
+
+    /// On a given port, e.g. 465 itself; `None` when it is taken or not permitted.
+    pub fn start_on(port: u16) -> Option<SilentServer> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).ok()?;
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -162,11 +167,11 @@ impl SilentServer {
                 }
             }
         });
-        SilentServer {
+        Some(SilentServer {
             port,
             stop,
             thread: Some(thread),
-        }
+        })
     }
 }
 
