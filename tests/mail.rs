@@ -705,6 +705,39 @@ fn queue_key_comes_from_the_runbook_variable() {
         .expect_contains(&format!("      queue_key  {}\n", key.0));
 }
 
+#[test]
+fn unreachable_or_silent_redis_is_a_bounded_error_without_the_url_password() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let project = Project::new();
+    project.config(&format!(
+        "[mail]\nprovider = \"console\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"2s\"\n\
+         [mail.queue]\nurl = \"redis://:redis-pw-not-for-logs@127.0.0.1:{closed_port}/0\"\n\
+         key = \"mail:outbox\"\n"
+    ));
+    let plan = opsplan(&project, &["plan"]);
+    plan.expect_code(1).expect_contains(&format!(
+        "Redis redis://:***@127.0.0.1:{closed_port}/0: cannot connect"
+    ));
+    assert_lacks(&plan, "redis-pw-not-for-logs");
+
+    let silent = SilentServer::start();
+    project.config(&format!(
+        "[mail]\nprovider = \"console\"\nconnect_timeout = \"2s\"\ncommand_timeout = \"2s\"\n\
+         [mail.queue]\nurl = \"redis://:redis-pw-not-for-logs@127.0.0.1:{}/0\"\n\
+         key = \"mail:outbox\"\n",
+        silent.port
+    ));
+    let (plan, elapsed) = opsplan_within(&project, &["plan"], Duration::from_secs(60));
+    plan.expect_code(1).expect_contains(&format!(
+        "Redis redis://:***@127.0.0.1:{}/0: no answer to the connection within 2s",
+        silent.port
+    ));
+    assert_lacks(&plan, "redis-pw-not-for-logs");
+    assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
+}
+
 /// The password appears in no output at any verbosity; on disk only in the store.
 #[test]
 fn password_appears_nowhere_in_output_or_logs() {

@@ -8,14 +8,14 @@ pub const PORT_HINT: &str = "port 465 expects implicit TLS (mail.tls = \"implici
                              matches what the server on this port speaks";
 
 /// Errors of the mail concern. Each names the server or store and the address it used;
-/// none ever carries the password.
+/// none ever carries the password. A driver's error is part of the message (before the
+/// hint that follows it), so no variant also marks it as a `#[source]`.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
-    #[error("SMTP server {address}: cannot connect: {source}; check mail.host and mail.port")]
+    #[error("SMTP server {address}: cannot connect: {cause}; check mail.host and mail.port")]
     Connect {
         address: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error(
@@ -36,13 +36,12 @@ pub enum MailError {
         after: Duration,
     },
 
-    #[error("SMTP server {address}: {step} failed (tried {tried}): {source}. {PORT_HINT}")]
+    #[error("SMTP server {address}: {step} failed (tried {tried}): {cause}. {PORT_HINT}")]
     Handshake {
         address: String,
         step: &'static str,
         tried: &'static str,
-        #[source]
-        source: lettre::transport::smtp::Error,
+        cause: lettre::transport::smtp::Error,
     },
 
     #[error(
@@ -67,14 +66,13 @@ pub enum MailError {
     NoAuthMechanism { address: String, offered: String },
 
     #[error(
-        "SMTP server {address} rejected the credentials of user `{user}`: {source}; check \
+        "SMTP server {address} rejected the credentials of user `{user}`: {cause}; check \
          mail.user and the password (SMTP_USER, SMTP_PASS)"
     )]
     AuthRejected {
         address: String,
         user: String,
-        #[source]
-        source: lettre::transport::smtp::Error,
+        cause: lettre::transport::smtp::Error,
     },
 
     #[error(
@@ -87,12 +85,11 @@ pub enum MailError {
         after: Duration,
     },
 
-    #[error("SMTP server {address}: {step} failed: {source}")]
+    #[error("SMTP server {address}: {step} failed: {cause}")]
     Step {
         address: String,
         step: &'static str,
-        #[source]
-        source: lettre::transport::smtp::Error,
+        cause: lettre::transport::smtp::Error,
     },
 
     #[error("cannot use mail.tls_ca {path}: {reason}")]
@@ -117,20 +114,18 @@ pub enum MailError {
     #[error(transparent)]
     Store(#[from] StoreError),
 
-    #[error("Redis {url}: cannot connect: {source}")]
+    #[error("Redis {url}: cannot connect: {cause}")]
     QueueConnect {
         url: String,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
 
-    #[error("Redis {url}: {command} {key} failed: {source}")]
+    #[error("Redis {url}: {command} {key} failed: {cause}")]
     QueueCommand {
         url: String,
         command: &'static str,
         key: String,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
 
     #[error(

@@ -22,20 +22,25 @@ pub async fn inspect(
 ) -> Result<QueueState, MailError> {
     let url = queue.url.redacted();
     let client =
-        redis::Client::open(queue.url.expose()).map_err(|source| MailError::QueueConnect {
+        redis::Client::open(queue.url.expose()).map_err(|cause| MailError::QueueConnect {
             url: url.clone(),
-            source,
+            cause,
         })?;
 
     tracing::debug!(%url, key = %queue.key, "reading the mail queue key");
+    // The connection (TCP and Redis's handshake) is bounded by connect_timeout here, each
+    // command by command_timeout; they replace the driver's own, shorter defaults.
+    let settings = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(None)
+        .set_response_timeout(Some(command_timeout));
     let mut connection = match tokio::time::timeout(
         connect_timeout,
-        client.get_multiplexed_async_connection(),
+        client.get_multiplexed_async_connection_with_config(&settings),
     )
     .await
     {
         Ok(Ok(connection)) => connection,
-        Ok(Err(source)) => return Err(MailError::QueueConnect { url, source }),
+        Ok(Err(cause)) => return Err(MailError::QueueConnect { url, cause }),
         Err(_) => {
             return Err(MailError::QueueTimeout {
                 url,
@@ -87,11 +92,11 @@ async fn run<T>(
 ) -> Result<T, MailError> {
     match tokio::time::timeout(after, future).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(MailError::QueueCommand {
+        Ok(Err(cause)) => Err(MailError::QueueCommand {
             url: url.to_string(),
             command,
             key: key.to_string(),
-            source,
+            cause,
         }),
         Err(_) => Err(MailError::QueueTimeout {
             url: url.to_string(),

@@ -103,7 +103,7 @@ impl SmtpServer<'_> {
         .await
         {
             Ok(Ok(stream)) => drop(stream),
-            Ok(Err(source)) => return Err(MailError::Connect { address, source }),
+            Ok(Err(cause)) => return Err(MailError::Connect { address, cause }),
             Err(_) => {
                 return Err(MailError::ConnectTimeout {
                     address,
@@ -142,7 +142,7 @@ impl SmtpServer<'_> {
         .await;
         let mut connection = match opened {
             Ok(Ok(connection)) => connection,
-            Ok(Err(source)) => {
+            Ok(Err(cause)) => {
                 return Err(MailError::Handshake {
                     address,
                     step: if config.tls == TlsMode::Implicit {
@@ -151,7 +151,7 @@ impl SmtpServer<'_> {
                         "the greeting"
                     },
                     tried: self.tried(),
-                    source,
+                    cause,
                 });
             }
             Err(_) => {
@@ -194,12 +194,12 @@ impl SmtpServer<'_> {
             .await
             {
                 Ok(Ok(())) => {}
-                Ok(Err(source)) => {
+                Ok(Err(cause)) => {
                     return Err(MailError::Handshake {
                         address,
                         step: "STARTTLS",
                         tried: self.tried(),
-                        source,
+                        cause,
                     });
                 }
                 Err(_) => {
@@ -260,11 +260,11 @@ impl SmtpServer<'_> {
                         first_line(&response)
                     )));
                 }
-                Ok(Err(source)) => {
+                Ok(Err(cause)) => {
                     return Err(MailError::AuthRejected {
                         address,
                         user: credentials.user.clone(),
-                        source,
+                        cause,
                     });
                 }
                 Err(_) => {
@@ -302,10 +302,10 @@ impl SmtpServer<'_> {
             })?;
             builder = builder.add_root_certificate(certificate);
         }
-        builder.build_rustls().map_err(|source| MailError::Step {
+        builder.build_rustls().map_err(|cause| MailError::Step {
             address: self.address(),
             step: "preparing TLS",
-            source,
+            cause,
         })
     }
 
@@ -317,10 +317,10 @@ impl SmtpServer<'_> {
     ) -> Result<T, MailError> {
         match tokio::time::timeout(self.command_timeout, future).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(MailError::Step {
+            Ok(Err(cause)) => Err(MailError::Step {
                 address: self.address(),
                 step,
-                source,
+                cause,
             }),
             Err(_) => Err(MailError::StepTimeout {
                 address: self.address(),
