@@ -512,10 +512,16 @@ fn resolve_queue(
         return None;
     };
     let url_text = url.get_ref().trim().to_string();
-    if !(url_text.starts_with("redis://") || url_text.starts_with("rediss://")) {
+    if url_text.starts_with("rediss://") {
         problems.push(located(
             place(&Some(url.span())),
-            "mail.queue.url must start with redis:// or rediss://".to_string(),
+            "mail.queue.url: rediss:// (Redis over TLS) is not supported yet".to_string(),
+            Some("use a redis:// URL on a trusted network, e.g. \"redis://127.0.0.1:6379/0\""),
+        ));
+    } else if !url_text.starts_with("redis://") {
+        problems.push(located(
+            place(&Some(url.span())),
+            "mail.queue.url must start with redis://".to_string(),
             Some("for example \"redis://127.0.0.1:6379/0\""),
         ));
     }

@@ -51,7 +51,7 @@ pub struct MailResource {
 /// What a plan read.
 pub struct MailState {
     document: Option<Document>,
-    salt: Vec<u8>,
+    salt: Salt,
     probe: Option<ProbeOutcome>,
     queue: Option<Result<QueueState, MailError>>,
 }
@@ -89,7 +89,7 @@ impl MailResource {
         }
     }
 
-    async fn read_document(&self) -> Result<(Option<Document>, Vec<u8>), MailError> {
+    async fn read_document(&self) -> Result<(Option<Document>, Salt), MailError> {
         let document = self.store.read().await?;
         let metadata =
             match document.as_ref().and_then(|d| d.get(METADATA_FIELD)) {
@@ -100,10 +100,19 @@ impl MailResource {
                 )?),
                 None => None,
             };
-        let salt = metadata
+        let stored = metadata
             .and_then(|m| hex::decode(m.fingerprint_salt).ok())
-            .filter(|salt| !salt.is_empty())
-            .unwrap_or_else(|| self.fresh_salt.clone());
+            .filter(|salt| !salt.is_empty());
+        let salt = match stored {
+            Some(bytes) => Salt {
+                bytes,
+                stored: true,
+            },
+            None => Salt {
+                bytes: self.fresh_salt.clone(),
+                stored: false,
+            },
+        };
         Ok((document, salt))
     }
 
@@ -177,7 +186,7 @@ impl MailResource {
         }
 
         let desired = settings::desired_fields(&self.config);
-        let attributes = settings::attributes(&live, &desired, &state.salt);
+        let attributes = settings::attributes(&live, &desired, &state.salt.bytes);
         let settings_change = !attributes.is_empty() || state.document.is_none();
         if settings_change {
             let store = self.store.describe();
@@ -197,7 +206,7 @@ impl MailResource {
                 summary,
                 attributes,
                 data: serde_json::json!({
-                    "live_fingerprint": settings::fingerprint(&live, &state.salt).0,
+                    "live_fingerprint": settings::fingerprint(&live, state.salt.stored()).0,
                     "document_exists": state.document.is_some(),
                 }),
             });
@@ -240,7 +249,7 @@ impl MailResource {
 
         let (document, salt) = self.read_document().await?;
         let live = Self::live_fields(document.as_ref());
-        let found = settings::fingerprint(&live, &salt).0;
+        let found = settings::fingerprint(&live, salt.stored()).0;
         let expected = change
             .data
             .get("live_fingerprint")
@@ -266,7 +275,7 @@ impl MailResource {
         }
         let metadata = Metadata {
             managed_by: "opsplan".to_string(),
-            fingerprint_salt: hex::encode(&salt),
+            fingerprint_salt: hex::encode(&salt.bytes),
             updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         fields.insert(
@@ -395,7 +404,7 @@ impl Resource for MailResource {
         match &state.document {
             None => Fingerprint::absent(),
             Some(document) => {
-                settings::fingerprint(&Self::live_fields(Some(document)), &state.salt)
+                settings::fingerprint(&Self::live_fields(Some(document)), state.salt.stored())
             }
         }
     }
@@ -413,6 +422,18 @@ impl Resource for MailResource {
             ))),
         };
         Ok(result?)
+    }
+}
+
+/// The salt of the keyed fingerprints: the store's own, or a fresh one until it has one.
+struct Salt {
+    bytes: Vec<u8>,
+    stored: bool,
+}
+
+impl Salt {
+    fn stored(&self) -> Option<&[u8]> {
+        self.stored.then_some(self.bytes.as_slice())
     }
 }
 

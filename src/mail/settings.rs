@@ -157,16 +157,19 @@ fn sensitive_attribute(
 }
 
 /// A digest of the live document in which secret fields count by keyed fingerprint only.
-pub fn fingerprint(live: &BTreeMap<String, Secret>, salt: &[u8]) -> Fingerprint {
+///
+/// `stored_salt` is the salt the document itself holds. A document without one (written by
+/// hand) has its secret fields counted as present only: a salt made up by this process
+/// would give another process another digest, and an unkeyed hash would let a saved plan
+/// be used to guess the password.
+pub fn fingerprint(live: &BTreeMap<String, Secret>, stored_salt: Option<&[u8]>) -> Fingerprint {
     let sensitive = |name: &str| FIELDS.iter().any(|f| f.variable == name && f.sensitive);
     let parts: Vec<String> = live
         .iter()
-        .map(|(name, value)| {
-            if sensitive(name) {
-                format!("{name}={}", keyed_fingerprint(salt, value))
-            } else {
-                format!("{name}={}", value.expose())
-            }
+        .map(|(name, value)| match (sensitive(name), stored_salt) {
+            (true, Some(salt)) => format!("{name}={}", keyed_fingerprint(salt, value)),
+            (true, None) => format!("{name} is set"),
+            (false, _) => format!("{name}={}", value.expose()),
         })
         .collect();
     Fingerprint::of(

@@ -128,7 +128,7 @@ impl SmtpServer<'_> {
         // lettre reads the greeting and sends EHLO inside connect; for implicit TLS the
         // handshake comes first. The whole of it gets one bound.
         let started = Instant::now();
-        let hello = ClientId::default();
+        let hello = hello_name();
         let opened = tokio::time::timeout(
             self.command_timeout,
             AsyncSmtpConnection::connect_tokio1(
@@ -328,6 +328,22 @@ impl SmtpServer<'_> {
                 after: self.command_timeout,
             }),
         }
+    }
+}
+
+/// The name opsplan gives in EHLO: this machine's host name when it is a plausible domain,
+/// as RFC 5321 asks, otherwise lettre's address literal for the loopback.
+fn hello_name() -> ClientId {
+    match whoami::hostname() {
+        Ok(name)
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') =>
+        {
+            ClientId::Domain(name)
+        }
+        _ => ClientId::default(),
     }
 }
 
