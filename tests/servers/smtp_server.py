@@ -23,6 +23,7 @@ import asyncio
 import email
 import email.policy
 import json
+import logging
 import os
 import ssl
 import subprocess
@@ -179,6 +180,8 @@ async def serve(arguments):
 
 
 def main():
+    # aiosmtpd warns about its own deprecated session field on every AUTH; errors still show.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
     parser.add_argument("--user", required=True)
