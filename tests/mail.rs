@@ -567,6 +567,35 @@ fn console_is_refused_in_production() {
     opsplan(&project, &["validate"]).expect_code(1);
 }
 
+#[test]
+fn a_second_apply_waits_for_the_settings_lock_and_names_its_holder() {
+    use std::io::Write;
+    let project = Project::new();
+    project.config("[mail]\nprovider = \"console\"\n");
+    std::fs::create_dir_all(project.path().join(".opsplan")).unwrap();
+    let mut held =
+        std::fs::File::create(project.path().join(".opsplan/mail.json.opsplan-lock")).unwrap();
+    held.try_lock()
+        .expect("take the lock as another apply would");
+    writeln!(held, "deployer@ci-7 pid 4242 since 2026-01-01T00:00:00Z").unwrap();
+
+    let apply = opsplan(
+        &project,
+        &["apply", "--auto-approve", "--lock-timeout", "1s"],
+    );
+    apply
+        .expect_code(1)
+        .expect_contains("Waiting for the mail.settings lock, held by deployer@ci-7 pid 4242")
+        .expect_contains(
+            "another opsplan apply holds the mail settings lock ./.opsplan/mail.json.opsplan-lock: \
+             deployer@ci-7 pid 4242 since 2026-01-01T00:00:00Z; waited 1s",
+        );
+    assert!(!project.path().join(".opsplan/mail.json").exists());
+
+    held.unlock().unwrap();
+    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+}
+
 fn redis() -> Option<redis::Connection> {
     if !server_available("Redis", REDIS) {
         return None;

@@ -108,6 +108,20 @@ pub enum MailError {
         found: String,
     },
 
+    #[error(
+        "another opsplan apply holds the mail settings lock {path}: {holder}; waited {}. Wait \
+         for it to finish, or raise --lock-timeout",
+        humantime::format_duration(*waited)
+    )]
+    LockBusy {
+        path: String,
+        holder: String,
+        waited: Duration,
+    },
+
+    #[error("cannot use the lock file {path}: {cause}")]
+    LockFile { path: String, cause: std::io::Error },
+
     #[error("{store}: the opsplan_metadata field is not valid JSON; restore it or remove it")]
     Metadata { store: String },
 

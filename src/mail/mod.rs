@@ -6,12 +6,14 @@
 //! again, publishes the settings, and then may send one verification message.
 
 mod error;
+mod lock;
 mod queue;
 pub mod settings;
 mod smtp;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::Message;
@@ -22,11 +24,12 @@ pub use queue::QueueState;
 
 use crate::config::{MailConfig, MailProvider, MailStoreConfig, SmtpConfig};
 use crate::diagnostic::Diagnostics;
-use crate::engine::{Diff, LiveState, Resource, ResourceError};
+use crate::engine::{Diff, LiveState, LockObserver, Resource, ResourceError};
 use crate::graph::Dependency;
 use crate::plan::{Action, Attribute, Change, Check, Fingerprint};
 use crate::secret::Secret;
 use crate::store::{Document, FileStore, Store};
+use lock::FileLock;
 use settings::{METADATA_FIELD, Metadata};
 use smtp::{ProbeOutcome, SmtpServer};
 
@@ -42,6 +45,8 @@ pub const VERIFICATION_SUBJECT: &str = "opsplan mail verification";
 pub struct MailResource {
     config: MailConfig,
     store: Box<dyn Store>,
+    /// Keeps two applies from publishing at once.
+    writer_lock: FileLock,
     /// Used when the store holds no salt yet, so that one run compares consistently.
     fresh_salt: Vec<u8>,
     /// `apply --send-verification`: send the message even when nothing changed.
@@ -58,12 +63,16 @@ pub struct MailState {
 
 impl MailResource {
     pub fn new(config: MailConfig) -> MailResource {
-        let store: Box<dyn Store> = match &config.store {
-            MailStoreConfig::File { path, .. } => Box::new(FileStore::new(path.clone())),
+        let (store, writer_lock): (Box<dyn Store>, FileLock) = match &config.store {
+            MailStoreConfig::File { path, .. } => (
+                Box::new(FileStore::new(path.clone())),
+                FileLock::beside(path),
+            ),
         };
         MailResource {
             config,
             store,
+            writer_lock,
             fresh_salt: settings::new_salt(),
             send_verification: AtomicBool::new(false),
         }
@@ -367,6 +376,18 @@ impl Resource for MailResource {
     fn validate(&self) -> Diagnostics {
         // Everything offline was checked when the section was read.
         Diagnostics::default()
+    }
+
+    async fn lock(
+        &self,
+        timeout: Duration,
+        observer: &dyn LockObserver,
+    ) -> Result<(), ResourceError> {
+        Ok(self.writer_lock.lock(timeout, observer, ADDRESS).await?)
+    }
+
+    async fn unlock(&self) {
+        self.writer_lock.unlock();
     }
 
     async fn read(&self) -> Result<LiveState, ResourceError> {
