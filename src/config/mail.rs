@@ -454,7 +454,11 @@ fn resolve_smtp(
         tls,
         tls_ca,
         credentials,
-        from: from.unwrap_or_else(|| Mailbox::new(None, "invalid@invalid".parse().unwrap())),
+        // Without a valid address a problem was reported, and the run stops before any
+        // use of this placeholder.
+        from: from.unwrap_or_else(|| {
+            Mailbox::new(None, "invalid@invalid".parse().expect("a valid address"))
+        }),
     }
 }
 

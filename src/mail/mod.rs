@@ -8,7 +8,7 @@
 mod error;
 mod lock;
 mod queue;
-pub mod settings;
+mod settings;
 mod smtp;
 
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ use lettre::message::header::ContentType;
 pub use error::{MailError, PORT_HINT};
 pub use queue::QueueState;
 
-use crate::config::{MailConfig, MailProvider, MailStoreConfig, SmtpConfig};
+use crate::config::{MailConfig, MailProvider, MailStoreConfig};
 use crate::diagnostic::Diagnostics;
 use crate::engine::{Diff, LiveState, LockObserver, Resource, ResourceError};
 use crate::graph::Dependency;
@@ -83,18 +83,15 @@ impl MailResource {
         self.send_verification.store(true, Ordering::Relaxed);
     }
 
+    /// The SMTP server with the configured bounds; `None` for the console provider.
     fn smtp(&self) -> Option<SmtpServer<'_>> {
         match &self.config.provider {
             MailProvider::Console => None,
-            MailProvider::Smtp(smtp) => Some(self.server(smtp)),
-        }
-    }
-
-    fn server<'a>(&'a self, smtp: &'a SmtpConfig) -> SmtpServer<'a> {
-        SmtpServer {
-            config: smtp,
-            connect_timeout: self.config.connect_timeout,
-            command_timeout: self.config.command_timeout,
+            MailProvider::Smtp(smtp) => Some(SmtpServer {
+                config: smtp,
+                connect_timeout: self.config.connect_timeout,
+                command_timeout: self.config.command_timeout,
+            }),
         }
     }
 
