@@ -249,9 +249,16 @@ impl SmtpServer<'_> {
                 credentials.user.clone(),
                 credentials.password.expose().to_string(),
             );
-            match tokio::time::timeout(self.command_timeout, connection.auth(&mechanisms, &secret))
-                .await
+            let answer =
+                tokio::time::timeout(self.command_timeout, connection.auth(&mechanisms, &secret))
+                    .await;
+            // The server answered a refusal: say goodbye, within the same bound.
+            if matches!(&answer, Ok(Ok(response)) if !response.is_positive())
+                || matches!(&answer, Ok(Err(_)))
             {
+                let _ = tokio::time::timeout(self.command_timeout, connection.abort()).await;
+            }
+            match answer {
                 Ok(Ok(response)) if response.is_positive() => {}
                 Ok(Ok(response)) => {
                     return Err(MailError::Refused(format!(
