@@ -527,6 +527,45 @@ fn other_fields_show_before_and_after() {
 }
 
 #[test]
+fn switching_to_console_removes_the_smtp_fields_and_keeps_unmanaged_ones() {
+    let Some(servers) = SmtpServers::start("ops", &[PASSWORD]) else {
+        return;
+    };
+    let mut project = Project::new();
+    with_credentials(&mut project, PASSWORD);
+    project.config(&smtp_section(&servers, servers.starttls, "starttls", ""));
+    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+
+    // A field the application reads that opsplan does not manage.
+    let path = project.path().join(".opsplan/mail.json");
+    let mut document = published(&project);
+    document.insert("MAIL_RETRY_LIMIT".into(), "5".into());
+    std::fs::write(&path, serde_json::to_string(&document).unwrap()).unwrap();
+
+    project.config("[mail]\nprovider = \"console\"\n");
+    let plan = opsplan(&project, &["plan"]);
+    plan.expect_code(0).expect_contains(&format!(
+        "  ~ mail.settings\n      provider  smtp -> console\n      host      127.0.0.1 -> \
+         (none)\n      port      {} -> (none)\n      tls       starttls -> (none)\n      \
+         user      ops -> (none)\n      password  (sensitive) -> (none)\n      from      {FROM} \
+         -> (none)\n",
+        servers.starttls
+    ));
+    assert_lacks(&plan, PASSWORD);
+    assert_lacks(&plan, "MAIL_RETRY_LIMIT");
+
+    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    let settings = published(&project);
+    let mut names: Vec<&str> = settings.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["MAIL_PROVIDER", "MAIL_RETRY_LIMIT", "opsplan_metadata"]
+    );
+    assert_eq!(field(&settings, "MAIL_RETRY_LIMIT"), "5");
+}
+
+#[test]
 fn console_provider_runs_with_nothing_installed() {
     let project = Project::new();
     project.config("[mail]\nprovider = \"console\"\n");
