@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The SMTP test server: Debian's python3-aiosmtpd, run by tests/servers/smtp_server.py with
-# the system interpreter. Skipped when the module already imports.
+# the system interpreter, and the openssl command that makes its certificates at start.
+# Skipped when both are present.
 set -euo pipefail
 
-if /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
-    echo "python3-aiosmtpd is installed"
+if /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null && command -v openssl >/dev/null; then
+    echo "python3-aiosmtpd and openssl are installed"
     exit 0
 fi
 
