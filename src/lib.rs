@@ -1,7 +1,7 @@
 //! opsplan: plan and apply the operational state of one application.
 //!
 //! The pipeline, in the order the folders read: [`config`] loads `ops.toml`, [`engine`]
-//! compiles it into a [`graph`] of resources, each concern ([`schema`]) reads its live
+//! compiles it into a [`graph`] of resources, each concern ([`schema`], [`mail`]) reads its live
 //! state and diffs it into a [`plan`], [`render`] shows the plan, and [`apply`] carries it
 //! out in dependency order.
 
@@ -12,6 +12,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod engine;
 pub mod graph;
+pub mod mail;
 pub mod metrics;
 pub mod plan;
 pub mod render;

@@ -26,6 +26,11 @@ pub struct ApplyArgs {
     #[arg(long, value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
 
+    /// Send the mail verification message (to mail.verify_to) even when the mail settings
+    /// did not change.
+    #[arg(long)]
+    pub send_verification: bool,
+
     /// Write Prometheus textfile-collector metrics to FILE.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,

@@ -21,6 +21,7 @@ use crate::alerts::AlertsResource;
 use crate::config::{Config, DEFAULT_CONFIG_FILE};
 use crate::diagnostic::Diagnostics;
 use crate::engine::{Engine, LockObserver, Resource};
+use crate::mail::MailResource;
 use crate::schema::SchemaResource;
 
 /// How long `apply` waits for another apply's lock unless told otherwise.
@@ -174,6 +175,13 @@ pub fn load(cli: &Cli) -> Result<Loaded, Failure> {
     }
     if let Some(alerts) = config.alerts.clone() {
         resources.push(Arc::new(AlertsResource::new(alerts)));
+    }
+    if let Some(mail) = config.mail.clone() {
+        let mail = MailResource::new(mail);
+        if matches!(&cli.command, Command::Apply(args) if args.send_verification) {
+            mail.request_verification();
+        }
+        resources.push(Arc::new(mail));
     }
     let engine = Engine::new(resources)?;
     let problems = engine.validate();

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 mod env;
+mod mail;
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -22,6 +23,10 @@ use crate::diagnostic::{Diagnostic, Diagnostics, Location, SourceFile};
 use crate::secret::SecretUrl;
 
 pub use env::{InterpolationError, interpolate};
+pub use mail::{
+    DEFAULT_MAIL_STORE_PATH, MailConfig, MailProvider, MailStoreConfig, QueueConfig, SmtpConfig,
+    SmtpCredentials, TlsMode,
+};
 
 /// The file name looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "ops.toml";
@@ -41,6 +46,7 @@ pub struct RawConfig {
     pub drift: DriftSection,
     pub schema: Option<SchemaSection>,
     pub alerts: Option<alerts::AlertsSection>,
+    pub mail: Option<Spanned<mail::MailSection>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -117,6 +123,7 @@ pub struct Config {
     pub drift_ignore: Vec<String>,
     pub schema: Option<SchemaConfig>,
     pub alerts: Option<alerts::AlertsConfig>,
+    pub mail: Option<MailConfig>,
 }
 
 /// The schema concern's desired state.
@@ -339,6 +346,9 @@ fn resolve(
     let alerts = raw
         .alerts
         .map(|section| alerts::resolve(section, &source, &base_dir, problems));
+    let mail = raw
+        .mail
+        .map(|section| mail::resolve(section, production, &base_dir, lookup, &at, problems));
 
     Config {
         source,
@@ -349,6 +359,7 @@ fn resolve(
         drift_ignore,
         schema,
         alerts,
+        mail,
     }
 }
 
@@ -503,7 +514,7 @@ fn key_span(root: &DeTable<'_>, segments: &[Segment]) -> Option<std::ops::Range<
 
 /// Every key this version understands, for `docs/configuration.md` and its test.
 pub fn known_sections() -> BTreeSet<&'static str> {
-    ["project", "apply", "drift", "schema", "alerts"]
+    ["project", "apply", "drift", "schema", "alerts", "mail"]
         .into_iter()
         .collect()
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
