@@ -11,6 +11,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod engine;
 pub mod graph;
+pub mod keyset;
 pub mod plan;
 pub mod render;
 pub mod schema;

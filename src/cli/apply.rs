@@ -3,13 +3,18 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{Cli, Failure, Outcome, StderrLockObserver, load, parse_duration};
+use super::{Cli, Failure, Outcome, StderrLockObserver, load_replacing, parse_duration};
 use crate::apply::{self, Reporter, StepResult, StepStatus};
 use crate::plan::Change;
 use crate::render;
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
+    /// Force the replacement of an address now; `keyset.hmac` starts a key rotation now,
+    /// or promotes a pending key now.
+    #[arg(long, value_name = "ADDRESS")]
+    pub replace: Vec<String>,
+
     /// Apply without asking for confirmation (required when stdin is not a terminal).
     #[arg(long)]
     pub auto_approve: bool,
@@ -29,7 +34,7 @@ pub async fn run(cli: &Cli, args: &ApplyArgs) -> Result<Outcome, Failure> {
         ));
     }
 
-    let loaded = load(cli)?;
+    let loaded = load_replacing(cli, &args.replace)?;
     let timeout = loaded.lock_timeout(args.lock_timeout);
     if let Err(error) = loaded.engine.lock_all(timeout, &StderrLockObserver).await {
         loaded.close().await;

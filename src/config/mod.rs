@@ -6,6 +6,7 @@
 //! instead of stopping at the first one.
 
 mod env;
+mod keyset;
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -21,6 +22,10 @@ use crate::diagnostic::{Diagnostic, Diagnostics, Location, SourceFile};
 use crate::secret::SecretUrl;
 
 pub use env::{InterpolationError, interpolate};
+pub use keyset::{
+    DEFAULT_KEY_FILE, DEFAULT_MIN_KEY_LENGTH, KeyStoreConfig, KeysetConfig, KeysetSection,
+    KvVersion, VaultConfig,
+};
 
 /// The file name looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "ops.toml";
@@ -38,6 +43,7 @@ pub struct RawConfig {
     pub project: ProjectSection,
     pub apply: ApplySection,
     pub schema: Option<SchemaSection>,
+    pub keyset: Option<KeysetSection>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -105,6 +111,7 @@ pub struct Config {
     pub production: bool,
     pub lock_timeout: Option<Duration>,
     pub schema: Option<SchemaConfig>,
+    pub keyset: Option<KeysetConfig>,
 }
 
 /// The schema concern's desired state.
@@ -318,6 +325,10 @@ fn resolve(
         }
     });
 
+    let keyset = raw
+        .keyset
+        .map(|section| keyset::resolve(section, &base_dir, lookup, &at, problems));
+
     Config {
         source,
         base_dir,
@@ -325,6 +336,7 @@ fn resolve(
         production,
         lock_timeout,
         schema,
+        keyset,
     }
 }
 
@@ -479,7 +491,9 @@ fn key_span(root: &DeTable<'_>, segments: &[Segment]) -> Option<std::ops::Range<
 
 /// Every key this version understands, for `docs/configuration.md` and its test.
 pub fn known_sections() -> BTreeSet<&'static str> {
-    ["project", "apply", "schema"].into_iter().collect()
+    ["project", "apply", "schema", "keyset"]
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
