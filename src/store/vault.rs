@@ -329,8 +329,8 @@ impl Store for VaultStore {
                         if errors.iter().any(|e| e.contains("check-and-set")) =>
                     {
                         let found = match self.current_version(&location).await {
-                            Some(version) => format!("version {version}"),
-                            None => "a newer version".to_string(),
+                            Some(version) => version.to_string(),
+                            None => "a newer one".to_string(),
                         };
                         Err(StoreError::Conflict {
                             store: self.describe(),
