@@ -162,6 +162,37 @@ fn replace_forces_a_rotation_now() {
         .expect_contains("--replace schema: only keyset.hmac can be replaced");
 }
 
+#[test]
+fn a_second_apply_waits_for_the_file_lock_and_names_its_holder() {
+    use std::io::Write;
+    let project = Project::new();
+    project.config("[keyset]\n");
+    apply(&project, &[]);
+    let mut held = std::fs::OpenOptions::new()
+        .write(true)
+        .open(project.path().join(".opsplan/keys.json.lock"))
+        .unwrap();
+    held.lock().unwrap();
+    writeln!(held, "ops@bastion pid 4242 since 2026-01-01T00:00:00Z").unwrap();
+    let run = project.run(&[
+        "apply",
+        "--auto-approve",
+        "--lock-timeout",
+        "1s",
+        "--replace",
+        "keyset.hmac",
+    ]);
+    run.expect_code(1)
+        .expect_contains("Waiting for the keyset.hmac lock, held by ops@bastion pid 4242")
+        .expect_contains(
+            "is still held by ops@bastion pid 4242 since 2026-01-01T00:00:00Z after 1s",
+        );
+    assert_eq!(published(&project).0.len(), 1, "nothing was written");
+    held.unlock().unwrap();
+    apply(&project, &["--replace", "keyset.hmac"]);
+    assert_eq!(published(&project).0.len(), 2);
+}
+
 // ---- case 28: HMAC_SECRETS parsing in the environment store ----
 
 fn env_project(secrets: Option<&str>, secret: Option<&str>) -> Project {
@@ -280,6 +311,36 @@ fn killed_apply_never_loses_the_previous_primary() {
     project.config("[keyset]\n");
     let store = project.path().join(".opsplan/keys.json");
     std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+
+    // How long one apply takes here, so that the kills land all over it.
+    std::fs::write(&store, &only_primary).unwrap();
+    let started = std::time::Instant::now();
+    apply(&project, &["--replace", "keyset.hmac"]);
+    let span_ms = (started.elapsed().as_millis() as u64 * 3 / 2).max(10);
+
+    // An observer reads the store continuously; every state it sees must hold P.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let observer = {
+        let (stop, store, p) = (stop.clone(), store.clone(), p.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(text) = std::fs::read_to_string(&store) {
+                    let fields: BTreeMap<String, String> =
+                        serde_json::from_str(&text).expect("the store is always a whole document");
+                    let list: Vec<&str> = fields["HMAC_SECRETS"].split(',').collect();
+                    assert!(
+                        list.contains(&p.as_str()),
+                        "a state without the old primary"
+                    );
+                    assert_eq!(fields["HMAC_SECRET"], list[0]);
+                    seen += 1;
+                }
+            }
+            seen
+        })
+    };
+
     let mut outcomes = BTreeMap::new();
     for round in 0..50u64 {
         let start = if round % 2 == 0 {
@@ -287,15 +348,17 @@ fn killed_apply_never_loses_the_previous_primary() {
         } else {
             &with_pending
         };
-        std::fs::write(&store, start).unwrap();
+        // Replaced atomically, like the store itself, so the observer never sees a part.
+        let staged = store.with_extension("staged");
+        std::fs::write(&staged, start).unwrap();
+        std::fs::rename(&staged, &store).unwrap();
         let mut child = project
             .command(&["apply", "--auto-approve", "--replace", "keyset.hmac"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // 0–40 ms: from before the read to after the write of a typical apply.
-        let delay = u64::from_str_radix(&random_hex(2), 16).unwrap() % 40;
+        let delay = u64::from_str_radix(&random_hex(2), 16).unwrap() % span_ms;
         std::thread::sleep(Duration::from_millis(delay));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
@@ -307,12 +370,11 @@ fn killed_apply_never_loses_the_previous_primary() {
             })
             .or_insert(0) += 1;
 
-        let observed = published(&project).0;
         assert!(
-            observed.contains(&p),
+            published(&project).0.contains(&p),
             "round {round}: the previous primary is missing after SIGKILL"
         );
-        // The rerun converges: after at most one more step nothing is left to do.
+        // The rerun converges: one more apply, then nothing is left to do.
         apply(&project, &[]);
         project.run(&["plan", "--detailed-exitcode"]).expect_code(0);
         assert!(published(&project).0.contains(&p), "round {round}");
@@ -320,12 +382,18 @@ fn killed_apply_never_loses_the_previous_primary() {
             let name = leftover.unwrap().file_name();
             let name = name.to_string_lossy();
             assert!(
-                name == "keys.json" || name.starts_with(".opsplan-"),
+                name == "keys.json" || name.starts_with(".opsplan-") || name.ends_with(".lock"),
                 "unexpected file {name}"
             );
         }
     }
-    eprintln!("SIGKILL rounds: {outcomes:?}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = observer.join().expect("the observer saw only valid states");
+    eprintln!("SIGKILL rounds within {span_ms} ms: {outcomes:?}; {seen} states observed");
+    assert!(
+        outcomes.get("killed").copied().unwrap_or(0) >= 10,
+        "{outcomes:?}"
+    );
 }
 
 // ---- Vault (OpenBao) ----
@@ -859,4 +927,60 @@ fn file_store_secrets_stay_in_the_store() {
             assert!(!text.contains(key.as_str()), "a key in {}", path.display());
         }
     }
+}
+
+// ---- case 11 (keys): the live-state fingerprint, and a plan applied twice ----
+
+fn file_engine(dir: &Path) -> opsplan::engine::Engine {
+    let config = opsplan::config::Config::parse(
+        opsplan::diagnostic::SourceFile::new("ops.toml", "[keyset]\n"),
+        dir.to_path_buf(),
+        |_| None,
+    )
+    .unwrap();
+    let resource = opsplan::keyset::KeysetResource::new(config.keyset.unwrap(), false);
+    opsplan::engine::Engine::new(vec![std::sync::Arc::new(resource)]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn case_11_fingerprint_and_a_plan_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join(".opsplan/keys.json");
+    let engine = file_engine(dir.path());
+
+    // Nothing stored: the fingerprint is the explicit "absent" marker.
+    let plan = engine.plan().await;
+    assert!(plan.resources[0].fingerprint.is_absent());
+    let data = serde_json::to_string(&plan).unwrap();
+    assert!(data.contains("\"live_fingerprint\":\"absent\""), "{data}");
+
+    let report = opsplan::apply::apply(&engine, &plan, &opsplan::apply::Silent).await;
+    assert!(report.succeeded(), "{report:?}");
+    let written = std::fs::read(&store).unwrap();
+
+    // The same plan again: live state moved on, so it is refused and nothing is written.
+    let report = opsplan::apply::apply(&engine, &plan, &opsplan::apply::Silent).await;
+    assert_eq!(report.failed(), 1);
+    let opsplan::apply::StepStatus::Failed { error } = &report.steps[0].status else {
+        panic!("{report:?}")
+    };
+    assert!(
+        error.contains("the key set changed since the plan was read (live state fingerprint"),
+        "{error}"
+    );
+    assert!(error.contains("planned against absent"), "{error}");
+    assert_eq!(std::fs::read(&store).unwrap(), written);
+
+    // Stable while nothing changes; different as soon as the store changes.
+    let first = engine.plan().await.resources[0].fingerprint.clone();
+    let second = engine.plan().await.resources[0].fingerprint.clone();
+    assert!(!first.is_absent());
+    assert_eq!(first, second);
+    let mut fields: BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(&store).unwrap()).unwrap();
+    let list = format!("{},{}", fields["HMAC_SECRETS"], random_hex(32));
+    fields.insert("HMAC_SECRETS".into(), list);
+    std::fs::write(&store, serde_json::to_vec(&fields).unwrap()).unwrap();
+    let third = engine.plan().await.resources[0].fingerprint.clone();
+    assert_ne!(first, third);
 }

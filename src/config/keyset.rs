@@ -323,3 +323,106 @@ fn kv_version_problem(location: Option<Location>, shown: &str) -> crate::diagnos
         Some("leave it out to detect the mount's version, or write kv_version = 1 or 2"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::diagnostic::SourceFile;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, Diagnostics> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(
+            SourceFile::new("ops.toml", text),
+            PathBuf::from("/srv/app"),
+            move |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+        )
+    }
+
+    #[test]
+    fn defaults_are_a_file_beside_the_configuration() {
+        let keyset = parse("[keyset]\n", &[]).unwrap().keyset.unwrap();
+        match keyset.store {
+            KeyStoreConfig::File { path, display } => {
+                assert_eq!(path, PathBuf::from("/srv/app/.opsplan/keys.json"));
+                assert_eq!(display, ".opsplan/keys.json");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(keyset.min_key_length, 32);
+        assert_eq!(keyset.rotate_after, Duration::from_secs(90 * 86_400));
+        assert_eq!(keyset.pending_for, Duration::from_secs(86_400));
+        assert_eq!(keyset.retired_for, Duration::from_secs(30 * 86_400));
+        assert_eq!(keyset.retired_max, 2);
+    }
+
+    #[test]
+    fn the_runbook_variables_choose_and_configure_vault() {
+        let env = [
+            ("KMS_PROVIDER", "vault"),
+            ("VAULT_ADDR", "https://vault.internal:8200/"),
+            ("VAULT_TOKEN", "hvs.TESTTOKEN123"),
+            ("VAULT_KV_PATH", "/kv2/opsplan/hmac/"),
+            ("VAULT_NAMESPACE", "team-payments"),
+        ];
+        let keyset = parse("[keyset]\n", &env).unwrap().keyset.unwrap();
+        let KeyStoreConfig::Vault(vault) = keyset.store else {
+            panic!("not vault")
+        };
+        assert_eq!(vault.addr, "https://vault.internal:8200");
+        assert_eq!(vault.kv_path, "kv2/opsplan/hmac");
+        assert_eq!(vault.namespace.as_deref(), Some("team-payments"));
+        assert_eq!(vault.kv_version, KvVersion::Auto);
+        assert_eq!(vault.token.expose(), "hvs.TESTTOKEN123");
+        assert!(!format!("{vault:?}").contains("TESTTOKEN"));
+
+        // The section wins over KMS_PROVIDER.
+        let keyset = parse("[keyset]\nstore = \"file\"\n", &env)
+            .unwrap()
+            .keyset
+            .unwrap();
+        assert!(matches!(keyset.store, KeyStoreConfig::File { .. }));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_place() {
+        let text = "[keyset]\nstore = \"vault\"\nrotate_after = \"soon\"\nmin_key_length = 0\n\
+                    [keyset.vault]\nkv_version = 3\n";
+        let error = parse(text, &[]).unwrap_err();
+        let text = error.to_string();
+        assert_eq!(error.len(), 6, "{text}");
+        assert!(text.contains("VAULT_ADDR is not set"), "{text}");
+        assert!(text.contains("VAULT_TOKEN is not set"), "{text}");
+        assert!(text.contains("must be <mount>/<path>"), "{text}");
+        assert!(
+            text.contains("ops.toml:3:16: keyset.rotate_after `soon` is not a duration"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ops.toml:4:18: keyset.min_key_length 0 must be between"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ops.toml:6:14: keyset.vault.kv_version `3` is not"),
+            "{text}"
+        );
+
+        let error = parse("[keyset]\n", &[("KMS_PROVIDER", "kms")]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("KMS_PROVIDER=kms is not a key store")
+        );
+        let error = parse("[keyset]\nrotate_aftr = \"1d\"\n", &[]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("ops.toml:2:1: unknown key `keyset.rotate_aftr`")
+        );
+    }
+}

@@ -319,3 +319,130 @@ pub fn live_summary(live: &LiveKeys, policy: &Policy, now: DateTime<Utc>) -> Str
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn policy() -> Policy {
+        Policy {
+            min_key_length: 8,
+            rotate_after: TimeDelta::days(90),
+            pending_for: TimeDelta::days(1),
+            retired_for: TimeDelta::days(30),
+            retired_max: 2,
+        }
+    }
+
+    fn key(id: &str, state: KeyState, since: DateTime<Utc>) -> Key {
+        Key {
+            id: id.to_string(),
+            material: Secret::new(format!("material-{id}-0123456789")),
+            state,
+            created_at: Some(since),
+            since: Some(since),
+        }
+    }
+
+    fn live(keys: Vec<Key>) -> LiveKeys {
+        LiveKeys {
+            keys,
+            has_metadata: true,
+            ..LiveKeys::default()
+        }
+    }
+
+    #[test]
+    fn each_key_moves_at_most_one_state_and_only_when_due() {
+        let now = Utc::now();
+        let fresh = live(vec![key("a", KeyState::Primary, now - TimeDelta::days(10))]);
+        assert!(plan_steps(&fresh, &policy(), now, false).steps.is_empty());
+
+        let due = live(vec![key("a", KeyState::Primary, now - TimeDelta::days(91))]);
+        assert_eq!(
+            plan_steps(&due, &policy(), now, false).steps,
+            [Step::Generate {
+                state: KeyState::Pending
+            }]
+        );
+
+        // Promotion retires the old primary in the same write, and never removes it there;
+        // the oldest retired key goes once more than retired_max would stay.
+        let rotating = live(vec![
+            key("b", KeyState::Primary, now - TimeDelta::days(91)),
+            key("c", KeyState::Pending, now - TimeDelta::hours(25)),
+            key("r1", KeyState::Retired, now - TimeDelta::days(5)),
+            key("r2", KeyState::Retired, now - TimeDelta::days(6)),
+        ]);
+        let planned = plan_steps(&rotating, &policy(), now, false);
+        assert_eq!(
+            planned.steps,
+            [
+                Step::Promote { id: "c".into() },
+                Step::Retire { id: "b".into() },
+                Step::Remove { id: "r2".into() },
+            ]
+        );
+        assert_eq!(
+            planned.summary,
+            "promote c to primary, retire b; remove retired key(s) r2"
+        );
+    }
+
+    #[test]
+    fn force_starts_a_rotation_or_promotes_at_once() {
+        let now = Utc::now();
+        let calm = live(vec![key("a", KeyState::Primary, now)]);
+        assert_eq!(
+            plan_steps(&calm, &policy(), now, true).steps,
+            [Step::Generate {
+                state: KeyState::Pending
+            }]
+        );
+        let pending = live(vec![
+            key("a", KeyState::Primary, now),
+            key("b", KeyState::Pending, now),
+        ]);
+        assert!(plan_steps(&pending, &policy(), now, false).steps.is_empty());
+        assert_eq!(
+            plan_steps(&pending, &policy(), now, true).steps,
+            [
+                Step::Promote { id: "b".into() },
+                Step::Retire { id: "a".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn legacy_keys_without_times_are_not_due_but_a_short_primary_is() {
+        let now = Utc::now();
+        let mut legacy = live(vec![Key {
+            id: "a".into(),
+            material: Secret::new("0123456789abcdef"),
+            state: KeyState::Primary,
+            created_at: None,
+            since: None,
+        }]);
+        legacy.has_metadata = false;
+        assert!(plan_steps(&legacy, &policy(), now, false).steps.is_empty());
+        let strict = Policy {
+            min_key_length: 32,
+            ..policy()
+        };
+        let planned = plan_steps(&legacy, &strict, now, false);
+        assert_eq!(
+            planned.steps,
+            [Step::Generate {
+                state: KeyState::Pending
+            }]
+        );
+        assert!(
+            planned.attributes[0]
+                .after
+                .as_deref()
+                .unwrap()
+                .contains("primary is shorter than min_key_length")
+        );
+    }
+}

@@ -9,6 +9,7 @@
 
 mod keys;
 mod lifecycle;
+mod lock;
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{KeyStoreConfig, KeysetConfig};
 use crate::diagnostic::Diagnostics;
-use crate::engine::{Diff, LiveState, Resource, ResourceError};
+use crate::engine::{Diff, LiveState, LockObserver, Resource, ResourceError};
 use crate::graph::Dependency;
 use crate::plan::{Action, Change, Fingerprint};
 use crate::secret::Secret;
@@ -61,6 +62,9 @@ pub enum KeysetError {
     #[error("{store}: planned step {step} no longer fits the stored keys; run plan again")]
     StepMismatch { store: String, step: String },
 
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+
     #[error("the planned change for {ADDRESS} cannot be read: {0}")]
     Data(String),
 
@@ -88,16 +92,14 @@ pub struct KeysetResource {
     store: Arc<dyn Store>,
     /// `--replace keyset.hmac`: rotate now, whatever the policy says.
     force_rotation: bool,
+    /// The file store's writer lock; other stores have none.
+    lock: Option<lock::FileLock>,
 }
 
 impl KeysetResource {
     pub fn new(config: KeysetConfig, force_rotation: bool) -> KeysetResource {
         let store = open_store(&config.store);
-        KeysetResource {
-            config,
-            store,
-            force_rotation,
-        }
+        KeysetResource::with_store(config, store, force_rotation)
     }
 
     /// With a given store, e.g. one shared with another concern.
@@ -106,10 +108,15 @@ impl KeysetResource {
         store: Arc<dyn Store>,
         force_rotation: bool,
     ) -> KeysetResource {
+        let lock = match &config.store {
+            KeyStoreConfig::File { path, .. } => Some(lock::FileLock::beside(path)),
+            _ => None,
+        };
         KeysetResource {
             config,
             store,
             force_rotation,
+            lock,
         }
     }
 
@@ -207,6 +214,25 @@ impl Resource for KeysetResource {
 
     fn validate(&self) -> Diagnostics {
         Diagnostics::default()
+    }
+
+    async fn lock(
+        &self,
+        timeout: std::time::Duration,
+        observer: &dyn LockObserver,
+    ) -> Result<(), ResourceError> {
+        if let Some(lock) = &self.lock {
+            lock.acquire(timeout, observer, ADDRESS)
+                .await
+                .map_err(KeysetError::from)?;
+        }
+        Ok(())
+    }
+
+    async fn unlock(&self) {
+        if let Some(lock) = &self.lock {
+            lock.release();
+        }
     }
 
     async fn read(&self) -> Result<LiveState, ResourceError> {

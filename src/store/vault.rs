@@ -72,6 +72,11 @@ impl VaultStore {
         }
     }
 
+    /// The address as messages show it: any `user:password@` is masked.
+    fn addr_shown(&self) -> String {
+        crate::secret::SecretUrl::new(self.config.addr.clone()).redacted()
+    }
+
     fn namespace_shown(&self) -> String {
         match &self.config.namespace {
             Some(namespace) => format!(" (namespace {namespace})"),
@@ -89,7 +94,7 @@ impl VaultStore {
     ) -> StoreError {
         let place = format!(
             "{method} {}/v1/{path}{}",
-            self.config.addr,
+            self.addr_shown(),
             self.namespace_shown()
         );
         let message = match &error {
@@ -247,7 +252,7 @@ impl Store for VaultStore {
     fn describe(&self) -> String {
         format!(
             "vault {}/{}{}",
-            self.config.addr,
+            self.addr_shown(),
             self.config.kv_path,
             self.namespace_shown()
         )
@@ -270,7 +275,17 @@ impl Store for VaultStore {
                     .map_err(|error| self.invalid(error.to_string()))?;
                 match vaultrs::api::exec_with_result(self.client()?, request).await {
                     Ok(response) => (response.data, Some(response.metadata.version)),
-                    Err(ClientError::APIError { code: 404, .. }) => return Ok(None),
+                    Err(ClientError::APIError { code: 404, .. }) => {
+                        // A deleted latest version still has a version number, which the
+                        // next check-and-set write must name.
+                        return Ok(self
+                            .current_version(&location)
+                            .await
+                            .map(|version| Document {
+                                fields: BTreeMap::new(),
+                                version: Some(version),
+                            }));
+                    }
                     Err(error) => return Err(self.failure("GET", &api, error, true)),
                 }
             }
@@ -283,7 +298,10 @@ impl Store for VaultStore {
         };
         let serde_json::Value::Object(map) = data else {
             // A deleted KV v2 version answers with `data: null`.
-            return Ok(None);
+            return Ok(Some(Document {
+                fields: BTreeMap::new(),
+                version,
+            }));
         };
         let fields = map
             .into_iter()
@@ -362,6 +380,13 @@ impl VaultStore {
 }
 
 fn build_client(config: &VaultConfig) -> Result<VaultClient, String> {
+    // The builder panics on an address it cannot parse: check it first.
+    if let Err(error) = url::Url::parse(&config.addr) {
+        return Err(format!(
+            "the Vault address {} is not a URL ({error}); write e.g. https://vault.example:8200",
+            crate::secret::SecretUrl::new(config.addr.clone()).redacted()
+        ));
+    }
     let mut settings = VaultClientSettingsBuilder::default();
     // Every setting is given, so nothing is taken from the environment behind our back.
     settings
@@ -393,7 +418,7 @@ fn build_client(config: &VaultConfig) -> Result<VaultClient, String> {
     VaultClient::new(settings).map_err(|error| {
         format!(
             "cannot set up the Vault client for {}: {}",
-            config.addr,
+            crate::secret::SecretUrl::new(config.addr.clone()).redacted(),
             crate::engine::error_chain(&error)
         )
     })
