@@ -984,3 +984,87 @@ async fn case_11_fingerprint_and_a_plan_applied_twice() {
     let third = engine.plan().await.resources[0].fingerprint.clone();
     assert_ne!(first, third);
 }
+
+/// Case 24 as written: a stub HTTP server (no Vault behind it, so that every request's
+/// headers can be recorded) answers the mount lookup and a KV v2 read.
+#[test]
+fn case_24_stub_records_the_namespace_header_on_every_request() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let recorded =
+        std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Option<String>)>::new()));
+    let log = recorded.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut namespace = None;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("x-vault-namespace")
+                {
+                    namespace = Some(value.trim().to_string());
+                }
+            }
+            // The query (vaultrs sends an empty one on KV v2 reads) is not part of the path.
+            let target = request_line.split_whitespace().nth(1).unwrap_or("");
+            let path = target.split('?').next().unwrap_or("").to_string();
+            log.lock().unwrap().push((path.clone(), namespace));
+            let data = if path.starts_with("/v1/sys/internal/ui/mounts/") {
+                json!({"path": "kv2/", "type": "kv", "options": {"version": "2"}})
+            } else {
+                json!({
+                    "data": {"HMAC_SECRETS": CASE_13_KEYS},
+                    "metadata": {"created_time": "2026-01-01T00:00:00Z", "deletion_time": "",
+                                 "custom_metadata": null, "destroyed": false, "version": 1}
+                })
+            };
+            let body = json!({
+                "request_id": "stub", "lease_id": "", "renewable": false, "lease_duration": 0,
+                "data": data, "wrap_info": null, "warnings": null, "auth": null
+            })
+            .to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+
+    let mut project = Project::new();
+    project.config("[keyset]\nmin_key_length = 8\n");
+    project.set_env("KMS_PROVIDER", "vault");
+    project.set_env("VAULT_ADDR", &addr);
+    project.set_env("VAULT_TOKEN", "hvs.TESTTOKEN123");
+    project.set_env("VAULT_KV_PATH", "kv2/opsplan/hmac");
+    project.set_env("VAULT_NAMESPACE", "team-payments");
+    let run = project.run(&["plan", "--detailed-exitcode"]);
+    run.expect_code(0)
+        .expect_contains(&format!("primary {}", key_id("k-primary-2025")));
+    never_printed(&run, &["hvs.TESTTOKEN123"]);
+
+    let recorded = recorded.lock().unwrap().clone();
+    assert_eq!(
+        recorded,
+        vec![
+            (
+                "/v1/sys/internal/ui/mounts/kv2/opsplan/hmac".to_string(),
+                Some("team-payments".to_string())
+            ),
+            (
+                "/v1/kv2/data/opsplan/hmac".to_string(),
+                Some("team-payments".to_string())
+            ),
+        ]
+    );
+}

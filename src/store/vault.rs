@@ -125,7 +125,7 @@ impl VaultStore {
             }
             ClientError::RestClientError { source } => {
                 format!(
-                    "cannot reach Vault for {place}: {}",
+                    "cannot reach Vault or read its answer for {place}: {}",
                     crate::engine::error_chain(source)
                 )
             }
