@@ -100,8 +100,9 @@ impl VaultStore {
         let message = match &error {
             ClientError::APIError { code: 403, errors } => {
                 let mut text = format!("permission denied (403) on {place}");
-                if !errors.is_empty() {
-                    text.push_str(&format!(": {}", errors.join("; ")));
+                let said = plain_errors(errors);
+                if !said.is_empty() && said != "permission denied" {
+                    text.push_str(&format!(": {said}"));
                 }
                 text.push_str(&format!(
                     "; the token's policy must grant this path: path \"{path}\" {{ capabilities = \
@@ -118,10 +119,10 @@ impl VaultStore {
             ClientError::APIError { code: 503, errors } => format!(
                 "Vault is sealed or unavailable (503) on {place}: {}; unseal it (`bao operator \
                  unseal`) and run again",
-                errors.join("; ")
+                plain_errors(errors)
             ),
             ClientError::APIError { code, errors } => {
-                format!("Vault answered {code} on {place}: {}", errors.join("; "))
+                format!("Vault answered {code} on {place}: {}", plain_errors(errors))
             }
             ClientError::RestClientError { source } => {
                 format!(
@@ -377,6 +378,18 @@ impl VaultStore {
             message,
         }
     }
+}
+
+/// Vault's error list on one line: "1 error occurred:\n\t* permission denied\n\n" reads
+/// as "permission denied".
+fn plain_errors(errors: &[String]) -> String {
+    errors
+        .iter()
+        .flat_map(|error| error.lines())
+        .map(|line| line.trim().trim_start_matches("* ").trim())
+        .filter(|line| !line.is_empty() && !line.ends_with("occurred:"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn build_client(config: &VaultConfig) -> Result<VaultClient, String> {
