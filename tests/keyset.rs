@@ -444,6 +444,10 @@ fn case_13_kv_v1_and_v2_paths() {
         .expect_contains(&summary)
         .expect_contains("path=kv2/data/opsplan/hmac")
         .expect_contains("No changes.");
+    assert!(
+        !run.all().contains("differs"),
+        "the environment agrees with the store"
+    );
 
     // b) KV v1: read at kv1/opsplan/hmac, without data/.
     let run = vault_project(&bao, "kv1/opsplan/hmac", &root, "").run(&[
@@ -875,8 +879,20 @@ fn case_12_no_secret_in_any_output_or_file() {
     for (label, run) in &runs {
         assert_clean(label, run, &secrets);
     }
-    // The plan still says what changes, without values.
+    // The plan still says what changes, without values, and names the disagreement between
+    // the environment and the store by key id.
     assert!(runs[3].1.stdout.contains("(values hidden)"));
+    assert!(
+        runs[0].1.stdout.contains(&format!(
+            "HMAC_SECRETS in opsplan's environment (2 keys, primary {}) differs from the key \
+             set in vault {}/kv2/app/hmac (1 key, primary {})",
+            key_id("new-primary-9f2c"),
+            bao.addr,
+            key_id("old-key-1a7d")
+        )),
+        "{}",
+        runs[0].1.stdout
+    );
     for (path, bytes) in files_under(project.path())
         .into_iter()
         .chain(files_under(home.path()))

@@ -79,6 +79,9 @@ pub struct KeysetConfig {
     pub retired_for: Duration,
     pub retired_max: usize,
     pub depends_on: Vec<(String, Option<Location>)>,
+    /// `HMAC_SECRETS` / `HMAC_SECRET` as set in opsplan's environment, when the store is
+    /// not `env`: compared with the store so that a plan can say when they disagree.
+    pub environment_keys: Vec<(String, Secret)>,
 }
 
 #[derive(Debug, Clone)]
@@ -212,8 +215,17 @@ pub(super) fn resolve(
     let pending_for = duration("pending_for", &section.pending_for, "1day");
     let retired_for = duration("retired_for", &section.retired_for, "30days");
 
+    let environment_keys = match store {
+        KeyStoreConfig::Env { .. } => Vec::new(),
+        _ => ["HMAC_SECRETS", "HMAC_SECRET"]
+            .iter()
+            .filter_map(|name| lookup(name).map(|value| (name.to_string(), Secret::new(value))))
+            .collect(),
+    };
+
     KeysetConfig {
         store,
+        environment_keys,
         min_key_length,
         rotate_after,
         pending_for,

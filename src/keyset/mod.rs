@@ -276,6 +276,10 @@ impl Resource for KeysetResource {
             }
         }
 
+        if let Some(warning) = self.environment_disagreement(&live.keys) {
+            diff.warnings.push(warning);
+        }
+
         let planned = plan_steps(&live.keys, &policy, now, self.force_rotation);
         if planned.steps.is_empty() {
             return Ok(diff);
@@ -311,6 +315,53 @@ impl Resource for KeysetResource {
 }
 
 impl KeysetResource {
+    /// The runbook's variables set beside a store that is not the environment: said when
+    /// they name other keys than the store, by id, since the application may read either.
+    fn environment_disagreement(&self, live: &LiveKeys) -> Option<String> {
+        if self.config.environment_keys.is_empty() {
+            return None;
+        }
+        let document = Document {
+            fields: self.config.environment_keys.iter().cloned().collect(),
+            version: None,
+        };
+        let store = self.store.describe();
+        let env = match parse_document(Some(&document), false) {
+            Ok(env) => env,
+            Err(error) => {
+                return Some(format!(
+                    "{SECRETS_FIELD}/{SECRET_FIELD} in opsplan's environment are ignored (the \
+                     keys live in {store}), and are invalid: {error}"
+                ));
+            }
+        };
+        let ids = |keys: &LiveKeys| -> Vec<String> {
+            keys::publication_order(&keys.keys)
+                .iter()
+                .map(|k| k.id.clone())
+                .collect()
+        };
+        let (theirs, ours) = (ids(&env), ids(live));
+        if theirs == ours {
+            return None;
+        }
+        let describe = |list: &[String]| match list.first() {
+            Some(primary) => format!(
+                "{} key{}, primary {primary}",
+                list.len(),
+                if list.len() == 1 { "" } else { "s" }
+            ),
+            None => "no keys".to_string(),
+        };
+        Some(format!(
+            "{SECRETS_FIELD} in opsplan's environment ({}) differs from the key set in {store} \
+             ({}); opsplan manages the keys in the store and ignores the environment, so make \
+             sure the application reads the store",
+            describe(&theirs),
+            describe(&ours)
+        ))
+    }
+
     async fn apply_change(&self, change: &Change) -> Result<String, KeysetError> {
         let data: ChangeData = serde_json::from_value(change.data.clone())
             .map_err(|error| KeysetError::Data(error.to_string()))?;
