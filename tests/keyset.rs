@@ -85,10 +85,20 @@ fn rotation_goes_pending_primary_retired_removed() {
     project.config(FILE_POLICY);
 
     let run = project.run(&["plan", "--detailed-exitcode"]);
-    run.expect_code(2)
-        .expect_contains("keyset.hmac: no keys stored")
-        .expect_contains("+ keyset.hmac")
-        .expect_contains("create the key set with a new primary key");
+    run.expect_code(2);
+    assert_eq!(
+        run.stdout,
+        "keyset.hmac: no keys stored (file .opsplan/keys.json)\n\
+         \n\
+         opsplan will perform the following actions (+ created):\n\
+         \n\
+         \x20 # keyset.hmac: create the key set with a new primary key\n\
+         \x20 + keyset.hmac\n\
+         \x20     key (new)     primary: drawn from the OS random source at apply time\n\
+         \x20     HMAC_SECRETS  absent -> 1 key (value hidden)\n\
+         \n\
+         Plan: 1 to add, 0 to change, 0 to destroy.\n"
+    );
     assert!(!project.path().join(".opsplan/keys.json").exists());
 
     apply(&project, &[]);

@@ -12,7 +12,7 @@ use crate::engine::LockObserver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot open the key store lock {path}: {source}")]
+    #[error("cannot open the key store lock {path}; check the folder's permissions")]
     Open {
         path: String,
         source: std::io::Error,
