@@ -138,20 +138,22 @@ impl Database {
 
         let mut url = self.url.expose().to_string();
         if self.dialect == Dialect::Sqlite
-            && let Some(path) = self.sqlite_path()
-        {
-            if create && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|source| SchemaError::CreateFolder {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
+            && let Some(path) = self.sqlite_path() {
+                if create
+                    && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(parent).map_err(|source| {
+                            SchemaError::CreateFolder {
+                                path: parent.to_path_buf(),
+                                source,
+                            }
+                        })?;
+                    }
+                if !url.contains("mode=") {
+                    let mode = if create { "rwc" } else { "ro" };
+                    let separator = if url.contains('?') { '&' } else { '?' };
+                    url = format!("{url}{separator}mode={mode}");
+                }
             }
-            if !url.contains("mode=") {
-                let mode = if create { "rwc" } else { "ro" };
-                let separator = if url.contains('?') { '&' } else { '?' };
-                url = format!("{url}{separator}mode={mode}");
-            }
-        }
         tracing::debug!(backend = self.backend(), address = %self.address(), "connecting");
         let connection =
             AnyConnection::connect(&url)
@@ -174,16 +176,14 @@ impl Database {
     /// Reads the history table without writing anything.
     pub async fn read(&self) -> Result<DatabaseState, SchemaError> {
         let locked = *self.locked.lock().await;
-        if self.dialect == Dialect::Sqlite
-            && !locked
+        if self.dialect == Dialect::Sqlite && !locked
             && let Some(path) = self.sqlite_path()
-            && !path.exists()
-        {
-            return Ok(DatabaseState {
-                file_missing: true,
-                ..DatabaseState::default()
-            });
-        }
+                && !path.exists() {
+                    return Ok(DatabaseState {
+                        file_missing: true,
+                        ..DatabaseState::default()
+                    });
+                }
 
         let mut guard = self.connection(locked).await?;
         let connection = guard.as_mut().expect("connection is open");
@@ -297,10 +297,9 @@ impl Database {
                     _ => "SELECT RELEASE_ALL_LOCKS()",
                 };
                 if let Ok(mut guard) = self.connection(false).await
-                    && let Some(connection) = guard.as_mut()
-                {
-                    let _ = sqlx::query(sql).execute(connection).await;
-                }
+                    && let Some(connection) = guard.as_mut() {
+                        let _ = sqlx::query(sql).execute(connection).await;
+                    }
             }
         }
     }

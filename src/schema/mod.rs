@@ -114,13 +114,12 @@ impl SchemaResource {
         let shown_dir = &self.config.migrations_display;
 
         if let TargetVersion::Version(target) = self.config.target
-            && self.file(target).is_none()
-        {
-            diff.refusals.push(format!(
-                "schema.target {target} matches no file in {shown_dir}; \
+            && self.file(target).is_none() {
+                diff.refusals.push(format!(
+                    "schema.target {target} matches no file in {shown_dir}; \
                      set it to an existing version or to \"latest\""
-            ));
-        }
+                ));
+            }
 
         let history = match &state.history {
             Some(history) => history.as_slice(),
@@ -217,15 +216,13 @@ impl SchemaResource {
         }
 
         if let (TargetVersion::Version(target), Some(latest)) = (self.config.target, latest_applied)
-            && latest.version > target
-            && self.file(latest.version).is_some()
-        {
-            diff.refusals.push(format!(
-                "the database is ahead of the desired state: {} is applied but schema.target \
+            && latest.version > target && self.file(latest.version).is_some() {
+                diff.refusals.push(format!(
+                    "the database is ahead of the desired state: {} is applied but schema.target \
                      is {target}. opsplan never runs down migrations",
-                latest.script
-            ));
-        }
+                    latest.script
+                ));
+            }
 
         for file in self.desired() {
             if applied.contains_key(&file.version) {

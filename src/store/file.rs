@@ -67,10 +67,12 @@ impl Store for FileStore {
             store: self.describe(),
             message: format!("cannot encode the document: {error}"),
         })?;
-        write_private_atomically(&self.path, text.as_bytes()).map_err(|source| StoreError::Write {
-            store: self.describe(),
-            path: self.shown(),
-            source,
+        write_private_atomically(&self.path, text.as_bytes()).map_err(|source| {
+            StoreError::Write {
+                store: self.describe(),
+                path: self.shown(),
+                source,
+            }
         })
     }
 }
@@ -121,9 +123,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("keys.json"))
-                .unwrap()
-                .permissions();
+            let mode = std::fs::metadata(dir.path().join("keys.json")).unwrap().permissions();
             assert_eq!(mode.mode() & 0o777, 0o600);
         }
     }

@@ -285,9 +285,9 @@ impl TestDatabase {
 
     pub fn column_exists(&self, table: &str, column: &str) -> bool {
         let sql = match self.backend {
-            Backend::Sqlite => {
-                format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'")
-            }
+            Backend::Sqlite => format!(
+                "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"
+            ),
             Backend::Postgres => format!(
                 "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = \
                  current_schema() AND table_name = '{table}' AND column_name = '{column}'"
@@ -308,11 +308,10 @@ impl TestDatabase {
         let url = self.connect_url();
         block_on(async move {
             let mut connection = AnyConnection::connect(&url).await.unwrap();
-            let rows =
-                sqlx::query("SELECT version, success FROM opsplan_schema_history ORDER BY version")
-                    .fetch_all(&mut connection)
-                    .await
-                    .unwrap();
+            let rows = sqlx::query("SELECT version, success FROM opsplan_schema_history ORDER BY version")
+                .fetch_all(&mut connection)
+                .await
+                .unwrap();
             rows.iter()
                 .map(|row| {
                     let version: i64 = row.try_get(0).unwrap();
