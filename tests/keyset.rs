@@ -492,6 +492,17 @@ fn case_13_kv_v1_and_v2_paths() {
     );
     let (status, _) = bao.root("GET", "kv2/data/data/opsplan/hmac", None);
     assert_eq!(status, 404, "nothing may be written at data/data/");
+    // data/ twice is refused before any read of the secret.
+    let run = vault_project(&bao, "kv2/data/data/opsplan/hmac", &root, "").run(&["plan", "-v"]);
+    run.expect_code(1).expect_contains(
+        "VAULT_KV_PATH kv2/data/data/opsplan/hmac repeats data/; do not include data/ in \
+         VAULT_KV_PATH",
+    );
+    assert!(
+        !run.all().contains("reading the Vault secret"),
+        "{}",
+        run.all()
+    );
 
     // d) A policy without data/: the denied API path and the data/ hint.
     bao.put_policy(
@@ -879,6 +890,24 @@ fn case_12_no_secret_in_any_output_or_file() {
         run.expect_code(1);
         runs.push((label.to_string(), run));
     }
+    // A token that may read but not write: the write fails, naming its API path.
+    bao.put_policy(
+        "read-only",
+        "path \"kv2/data/app/*\" { capabilities = [\"read\"] }\n\
+         path \"sys/internal/ui/mounts/*\" { capabilities = [\"read\"] }",
+    );
+    let reader = bao.create_token(&["read-only"], None);
+    secrets.push(reader.clone());
+    let mut command =
+        project.command(&["apply", "--auto-approve", "-vv", "--replace", "keyset.hmac"]);
+    command.env("VAULT_TOKEN", &reader).env("RUST_LOG", "trace");
+    let run: Run = command.output().unwrap().into();
+    run.expect_code(1).expect_contains(&format!(
+        "permission denied (403) on POST {}/v1/kv2/data/app/hmac",
+        bao.addr
+    ));
+    runs.push(("apply, write denied".into(), run));
+
     bao.seal();
     let mut command = project.command(&["apply", "--auto-approve", "--replace", "keyset.hmac"]);
     command.env("RUST_LOG", "trace");
