@@ -12,6 +12,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod engine;
 pub mod graph;
+pub mod keyset;
 pub mod mail;
 pub mod metrics;
 pub mod plan;

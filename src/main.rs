@@ -16,9 +16,10 @@ fn main() -> ExitCode {
     choice.write_global();
 
     let default_filter = match (cli.quiet, cli.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "warn,opsplan=debug",
+        // The Vault client logs every refused request; opsplan reports them itself.
+        (true, _) => "error,rustify=off,vaultrs=off",
+        (false, 0) => "warn,rustify=off,vaultrs=off",
+        (false, 1) => "warn,opsplan=debug,rustify=off,vaultrs=off",
         (false, _) => "info,opsplan=trace",
     };
     let filter =

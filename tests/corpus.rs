@@ -67,7 +67,11 @@ fn lemmy_migrations_apply_on_postgres_and_survive_crlf() {
 }
 
 /// What `ops.toml.example` manages besides migrations.
-const EXAMPLE_RESOURCES: &[&str] = &["alerts.group[\"opsplan-runbook\"]", "mail.settings"];
+const EXAMPLE_RESOURCES: &[&str] = &[
+    "keyset.hmac",
+    "alerts.group[\"opsplan-runbook\"]",
+    "mail.settings",
+];
 
 /// The README's first command, and the example on PostgreSQL through `DATABASE_URL`.
 #[test]

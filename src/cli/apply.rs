@@ -5,7 +5,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::{
-    Cli, Failure, Loaded, Outcome, StderrLockObserver, load, parse_duration, write_metrics,
+    Cli, Failure, Loaded, Outcome, StderrLockObserver, load_replacing, parse_duration,
+    write_metrics,
 };
 use crate::apply::{self, Reporter, StepResult, StepStatus};
 use crate::plan::file::PlanDocument;
@@ -17,6 +18,11 @@ pub struct ApplyArgs {
     /// A plan saved with `opsplan plan --out FILE`: apply exactly it, or refuse if live state
     /// moved since.
     pub plan_file: Option<PathBuf>,
+
+    /// Force the replacement of an address now; `keyset.hmac` starts a key rotation now,
+    /// or promotes a pending key now.
+    #[arg(long, value_name = "ADDRESS")]
+    pub replace: Vec<String>,
 
     /// Apply without asking for confirmation (required when stdin is not a terminal).
     #[arg(long)]
@@ -64,7 +70,7 @@ pub async fn run(cli: &Cli, args: &ApplyArgs) -> Result<Outcome, Failure> {
         ));
     }
 
-    let loaded = load(cli)?;
+    let loaded = load_replacing(cli, &args.replace)?;
     if let Some(document) = &saved {
         check_same_configuration(document, &loaded, cli)?;
     }

@@ -21,6 +21,7 @@ use crate::alerts::AlertsResource;
 use crate::config::{Config, DEFAULT_CONFIG_FILE};
 use crate::diagnostic::Diagnostics;
 use crate::engine::{Engine, LockObserver, Resource};
+use crate::keyset::KeysetResource;
 use crate::mail::MailResource;
 use crate::schema::SchemaResource;
 
@@ -164,6 +165,11 @@ pub struct Loaded {
 }
 
 pub fn load(cli: &Cli) -> Result<Loaded, Failure> {
+    load_replacing(cli, &[])
+}
+
+/// Like [`load`], with the addresses given to `--replace`.
+pub fn load_replacing(cli: &Cli, replace: &[String]) -> Result<Loaded, Failure> {
     let config = Config::load(&cli.config)?;
     let mut resources: Vec<Arc<dyn Resource>> = Vec::new();
     let schema = config
@@ -182,6 +188,26 @@ pub fn load(cli: &Cli) -> Result<Loaded, Failure> {
             mail.request_verification();
         }
         resources.push(Arc::new(mail));
+    }
+    if let Some(keyset) = config.keyset.clone() {
+        let force = replace.iter().any(|a| a == crate::keyset::ADDRESS);
+        resources.push(Arc::new(KeysetResource::new(keyset, force)));
+    }
+    for address in replace {
+        if address != crate::keyset::ADDRESS {
+            let known: Vec<&str> = resources.iter().map(|r| r.address()).collect();
+            return Err(Failure::Message(format!(
+                "--replace {address}: only {} can be replaced (a forced key rotation); the \
+                 configuration has {}",
+                crate::keyset::ADDRESS,
+                known.join(", ")
+            )));
+        }
+        if !resources.iter().any(|r| r.address() == address) {
+            return Err(Failure::Message(format!(
+                "--replace {address}: the configuration has no [keyset] section"
+            )));
+        }
     }
     let engine = Engine::new(resources)?;
     let problems = engine.validate();

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Cli, Failure, Outcome, PlanFormat, load, print_plan, write_metrics};
+use super::{Cli, Failure, Outcome, PlanFormat, load_replacing, print_plan, write_metrics};
 use crate::plan::file::PlanDocument;
 
 #[derive(Debug, Args)]
@@ -15,6 +15,11 @@ pub struct PlanArgs {
     #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
     pub format: PlanFormat,
 
+    /// Force the replacement of an address now; `keyset.hmac` starts a key rotation now,
+    /// or promotes a pending key now.
+    #[arg(long, value_name = "ADDRESS")]
+    pub replace: Vec<String>,
+
     /// Exit 2 when there are changes, 0 when there are none.
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -25,7 +30,7 @@ pub struct PlanArgs {
 }
 
 pub async fn run(cli: &Cli, args: &PlanArgs) -> Result<Outcome, Failure> {
-    let loaded = load(cli)?;
+    let loaded = load_replacing(cli, &args.replace)?;
     let plan = loaded.engine.plan().await;
     loaded.close().await;
 

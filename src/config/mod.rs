@@ -7,6 +7,7 @@
 
 pub mod alerts;
 mod env;
+mod keyset;
 mod mail;
 
 use std::borrow::Cow;
@@ -23,6 +24,10 @@ use crate::diagnostic::{Diagnostic, Diagnostics, Location, SourceFile};
 use crate::secret::SecretUrl;
 
 pub use env::{InterpolationError, interpolate};
+pub use keyset::{
+    DEFAULT_KEY_FILE, DEFAULT_MIN_KEY_LENGTH, KeyStoreConfig, KeysetConfig, KeysetSection,
+    KvVersion, VaultConfig,
+};
 pub use mail::{
     DEFAULT_MAIL_STORE_PATH, MailConfig, MailProvider, MailStoreConfig, QueueConfig, SmtpConfig,
     SmtpCredentials, TlsMode,
@@ -47,6 +52,7 @@ pub struct RawConfig {
     pub schema: Option<SchemaSection>,
     pub alerts: Option<alerts::AlertsSection>,
     pub mail: Option<Spanned<mail::MailSection>>,
+    pub keyset: Option<KeysetSection>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -124,6 +130,7 @@ pub struct Config {
     pub schema: Option<SchemaConfig>,
     pub alerts: Option<alerts::AlertsConfig>,
     pub mail: Option<MailConfig>,
+    pub keyset: Option<KeysetConfig>,
 }
 
 /// The schema concern's desired state.
@@ -349,6 +356,9 @@ fn resolve(
     let mail = raw
         .mail
         .map(|section| mail::resolve(section, production, &base_dir, lookup, &at, problems));
+    let keyset = raw
+        .keyset
+        .map(|section| keyset::resolve(section, &base_dir, lookup, &at, problems));
 
     Config {
         source,
@@ -360,6 +370,7 @@ fn resolve(
         schema,
         alerts,
         mail,
+        keyset,
     }
 }
 
@@ -514,9 +525,11 @@ fn key_span(root: &DeTable<'_>, segments: &[Segment]) -> Option<std::ops::Range<
 
 /// Every key this version understands, for `docs/configuration.md` and its test.
 pub fn known_sections() -> BTreeSet<&'static str> {
-    ["project", "apply", "drift", "schema", "alerts", "mail"]
-        .into_iter()
-        .collect()
+    [
+        "project", "apply", "drift", "schema", "keyset", "alerts", "mail",
+    ]
+    .into_iter()
+    .collect()
 }
 
 #[cfg(test)]

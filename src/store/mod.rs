@@ -6,7 +6,9 @@
 //! Back ends: a local file (the default), the process environment (read-only), and
 //! HashiCorp Vault KV v1/v2.
 
+mod env;
 mod file;
+mod vault;
 
 pub use file::write_private_atomically;
 
@@ -14,7 +16,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+pub use env::EnvStore;
 pub use file::FileStore;
+pub use vault::VaultStore;
 
 use crate::secret::Secret;
 
@@ -85,6 +89,11 @@ pub trait Store: Send + Sync {
     /// `Err(hint)` when this store cannot be written, saying which store can.
     fn check_writable(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// What the last read noticed and the user should hear, e.g. a path it normalised.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// The document, or `None` when nothing is stored yet.

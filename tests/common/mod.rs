@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod openbao;
 pub mod smtp;
 
 use std::net::TcpStream;
