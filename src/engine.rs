@@ -29,8 +29,10 @@ pub struct Diff {
     pub checks: Vec<Check>,
     /// Reasons to refuse the plan outright; each names its file or record.
     pub refusals: Vec<String>,
-    /// Out-of-band changes to what opsplan applied. A plan refuses them like refusals;
-    /// `opsplan drift` reports them apart from pending work.
+    /// Out-of-band changes to what opsplan applied, for `opsplan drift`, which reports them
+    /// apart from pending work. Drift does not stop a plan by itself: a concern whose drift
+    /// must not be overwritten (an edited migration) also lists it in `refusals`; one whose
+    /// drift apply corrects (settings edited by hand) shows the correcting change instead.
     pub drift: Vec<DriftItem>,
     pub live_summary: String,
 }
@@ -58,7 +60,7 @@ pub fn plan_from(observations: Vec<Observation>) -> Plan {
     let mut plan = Plan::default();
     for observation in observations {
         match observation.outcome {
-            Ok((fingerprint, diff)) if diff.refusals.is_empty() && diff.drift.is_empty() => {
+            Ok((fingerprint, diff)) if diff.refusals.is_empty() => {
                 plan.resources.push(ResourcePlan {
                     address: observation.address,
                     kind: observation.kind,
@@ -73,12 +75,7 @@ pub fn plan_from(observations: Vec<Observation>) -> Plan {
             }
             Ok((_, diff)) => plan.failures.push(ResourceFailure {
                 address: observation.address,
-                messages: diff
-                    .drift
-                    .into_iter()
-                    .map(|item| item.message)
-                    .chain(diff.refusals)
-                    .collect(),
+                messages: diff.refusals,
             }),
             Err(message) => plan.failures.push(ResourceFailure {
                 address: observation.address,

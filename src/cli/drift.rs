@@ -90,7 +90,19 @@ pub async fn run(cli: &Cli, args: &DriftArgs) -> Result<Outcome, Failure> {
                         summary: change.summary.clone(),
                     });
                 }
-                for message in diff.refusals {
+                // A refusal that repeats a drift item is reported once, as drift.
+                let drift_messages: Vec<&String> = report
+                    .drift
+                    .iter()
+                    .chain(&report.ignored)
+                    .map(|item| &item.message)
+                    .collect();
+                let problems: Vec<String> = diff
+                    .refusals
+                    .into_iter()
+                    .filter(|message| !drift_messages.contains(&message))
+                    .collect();
+                for message in problems {
                     report.problems.push(Problem {
                         address: address.clone(),
                         message,

@@ -213,6 +213,7 @@ impl SchemaResource {
                     ),
                 }
             };
+            diff.refusals.push(message.clone());
             diff.drift.push(DriftItem {
                 address: row_address(row),
                 message,
