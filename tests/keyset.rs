@@ -96,8 +96,8 @@ fn rotation_goes_pending_primary_retired_removed() {
          \n\
          \x20 # keyset.hmac: create the key set with a new primary key\n\
          \x20 + keyset.hmac\n\
-         \x20     key (new)     primary: drawn from the OS random source at apply time\n\
-         \x20     HMAC_SECRETS  absent -> 1 key (value hidden)\n\
+         \x20     key (new):    primary: drawn from the OS random source at apply time\n\
+         \x20     HMAC_SECRETS: absent -> 1 key (value hidden)\n\
          \n\
          Plan: 1 to add, 0 to change, 0 to destroy.\n"
     );
@@ -122,7 +122,7 @@ fn rotation_goes_pending_primary_retired_removed() {
         .expect_contains(&format!("primary {a} (age "))
         .expect_contains("s, rotation due 20")
         .expect_contains("publish a new pending key")
-        .expect_contains("HMAC_SECRETS  1 key -> 2 keys, primary unchanged (values hidden)");
+        .expect_contains("HMAC_SECRETS: 1 key -> 2 keys, primary unchanged (values hidden)");
     apply(&project, &[]);
     let b = ids(&published(&project).0)[1].clone();
     check_contract(&project, &[(&a, "primary"), (&b, "pending")]);

@@ -144,11 +144,11 @@ fn probe_publish_and_verify(listener: &str, tls: &str, tls_detail: &str) {
     plan.expect_contains("+ mail.settings")
         .expect_contains("+ mail.verification")
         .expect_contains(&format!(
-            "      host      127.0.0.1\n      port      {port}\n"
+            "      host:     127.0.0.1\n      port:     {port}\n"
         ))
-        .expect_contains(&format!("      tls       {tls}\n"))
-        .expect_contains("      password  (sensitive)\n")
-        .expect_contains(&format!("      from      {FROM}\n"))
+        .expect_contains(&format!("      tls:      {tls}\n"))
+        .expect_contains("      password: (sensitive)\n")
+        .expect_contains(&format!("      from:     {FROM}\n"))
         .expect_contains("Plan: 2 to add, 0 to change, 0 to destroy.");
     assert_lacks(&plan, PASSWORD);
     // A plan never sends mail.
@@ -494,7 +494,7 @@ fn changing_only_the_password_shows_changed_and_never_a_value() {
     with_credentials(&mut changed, OTHER_PASSWORD);
     let plan = opsplan(&changed, &["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
-        .expect_contains("~ mail.settings\n      password  changed\n\n")
+        .expect_contains("~ mail.settings\n      password: changed\n\n")
         .expect_contains("Plan: 0 to add, 1 to change, 0 to destroy.");
     assert_lacks(&plan, PASSWORD);
     assert_lacks(&plan, OTHER_PASSWORD);
@@ -522,7 +522,7 @@ fn other_fields_show_before_and_after() {
     opsplan(&project, &["plan"])
         .expect_code(0)
         .expect_contains(&format!(
-            "  ~ mail.settings\n      from  {FROM} -> Alerts <alerts@example.com>\n"
+            "  ~ mail.settings\n      from: {FROM} -> Alerts <alerts@example.com>\n"
         ));
 }
 
@@ -545,9 +545,9 @@ fn switching_to_console_removes_the_smtp_fields_and_keeps_unmanaged_ones() {
     project.config("[mail]\nprovider = \"console\"\n");
     let plan = opsplan(&project, &["plan"]);
     plan.expect_code(0).expect_contains(&format!(
-        "  ~ mail.settings\n      provider  smtp -> console\n      host      127.0.0.1 -> \
-         (none)\n      port      {} -> (none)\n      tls       starttls -> (none)\n      \
-         user      ops -> (none)\n      password  (sensitive) -> (none)\n      from      {FROM} \
+        "  ~ mail.settings\n      provider: smtp -> console\n      host:     127.0.0.1 -> \
+         (none)\n      port:     {} -> (none)\n      tls:      starttls -> (none)\n      \
+         user:     ops -> (none)\n      password: (sensitive) -> (none)\n      from:     {FROM} \
          -> (none)\n",
         servers.starttls
     ));
@@ -572,7 +572,7 @@ fn console_provider_runs_with_nothing_installed() {
     let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
         .expect_contains("mail.settings: no settings published yet (file ")
-        .expect_contains("  + mail.settings\n      provider  console\n");
+        .expect_contains("  + mail.settings\n      provider: console\n");
     assert_lacks(&plan, "check smtp");
 
     opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
@@ -770,7 +770,7 @@ fn queue_key_comes_from_the_runbook_variable() {
     ));
     opsplan(&project, &["plan"])
         .expect_code(0)
-        .expect_contains(&format!("      queue_key  {}\n", key.0));
+        .expect_contains(&format!("      queue_key: {}\n", key.0));
 }
 
 #[test]

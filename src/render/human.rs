@@ -129,7 +129,8 @@ pub fn plan(plan: &Plan) -> String {
                 (Some(before), None) => format!("{before} -> (none)"),
                 (None, None) => "(none)".to_string(),
             };
-            let _ = writeln!(out, "      {:width$}  {value}", attribute.name);
+            let label = format!("{}:", attribute.name);
+            let _ = writeln!(out, "      {label:width$} {value}", width = width + 1);
         }
         out.push('\n');
     }
