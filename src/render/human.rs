@@ -62,6 +62,9 @@ pub fn plan(plan: &Plan) -> String {
             );
         }
     }
+    if plan.resources.iter().any(|r| !r.warnings.is_empty()) {
+        out.push('\n');
+    }
 
     if !plan.failures.is_empty() {
         for failure in &plan.failures {
