@@ -13,9 +13,7 @@ use prometheus::PrometheusServer;
 
 /// The shared corpus: `OPSPLAN_CORPUS`, or `../shared/corpus` beside the repository.
 fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("OPSPLAN_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
+    let dir = common::corpus_dir();
     let rules = dir.join("prometheus-rules");
     if rules.is_dir() {
         return Some(rules);
@@ -562,7 +560,7 @@ fn every_field_change_is_a_change_and_reformatting_is_not() {
         let run = project.run(&["plan", "--detailed-exitcode"]);
         run.expect_code(2)
             .expect_contains("~ alerts.group[\"api.yml/api\"]")
-            .expect_contains(&format!("changed  {field}"))
+            .expect_contains(&format!("changed: {field}"))
             .expect_contains("Plan: 0 to add, 1 to change, 0 to destroy.");
         let diff_line = |sign: char, text: &str| {
             run.stdout

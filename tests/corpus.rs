@@ -6,11 +6,8 @@ use std::path::PathBuf;
 
 use common::{Backend, Project, TestDatabase};
 
-/// `shared/corpus` beside the repository, or `OPSPLAN_CORPUS`.
 fn corpus() -> PathBuf {
-    std::env::var_os("OPSPLAN_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"))
+    common::corpus_dir()
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> usize {

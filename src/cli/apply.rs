@@ -216,7 +216,11 @@ async fn locked(
     let report = if json {
         apply::apply(&loaded.engine, &plan, &JsonReporter).await
     } else {
-        apply::apply(&loaded.engine, &plan, &LineReporter).await
+        let reporter = LineReporter {
+            total: plan.changes().count(),
+            started: std::sync::atomic::AtomicUsize::new(0),
+        };
+        apply::apply(&loaded.engine, &plan, &reporter).await
     };
     record_history(loaded, &report, &plan_digest, &started_at).await;
     if json {
@@ -348,12 +352,24 @@ fn confirm() -> Result<bool, Failure> {
     Ok(answer.trim() == "yes")
 }
 
-/// Prints one line per step as it starts and ends.
-struct LineReporter;
+/// Prints one line per step as it starts and ends, with the step's place in the plan.
+struct LineReporter {
+    total: usize,
+    started: std::sync::atomic::AtomicUsize,
+}
 
 impl Reporter for LineReporter {
     fn step_started(&self, change: &Change) {
-        anstream::println!("{}: {}…", change.address, change.summary);
+        let step = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        anstream::println!(
+            "[{step}/{}] {}: {}…",
+            self.total,
+            change.address,
+            change.summary
+        );
     }
 
     fn step_finished(&self, change: &Change, result: &StepResult) {

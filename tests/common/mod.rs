@@ -378,3 +378,17 @@ pub fn for_each_backend(backends: &[Backend], body: impl Fn(TestDatabase)) {
 
 pub const ALL: &[Backend] = &[Backend::Sqlite, Backend::Postgres, Backend::MySql];
 pub const TRANSACTIONAL: &[Backend] = &[Backend::Sqlite, Backend::Postgres];
+
+/// The shared real-world corpus: `OPSPLAN_CORPUS`, or `shared/corpus` beside the repository
+/// (or beside one of its parent folders).
+pub fn corpus_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("OPSPLAN_CORPUS") {
+        return PathBuf::from(dir);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|dir| dir.join("shared/corpus"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| manifest.join("../shared/corpus"))
+}
