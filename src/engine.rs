@@ -5,6 +5,7 @@
 //! desired state and applies its own changes.
 
 use std::any::Any;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,7 +174,44 @@ impl Engine {
 
     /// Reads every resource's live state concurrently, then diffs each one.
     pub async fn observe(&self) -> Vec<Observation> {
-        let ordered = self.resources();
+        self.observe_only(None).await
+    }
+
+    /// The resources that `targets` name (a resource's address, or an address inside it
+    /// such as `schema.migration["0003_x"]`), with everything they depend on.
+    pub fn targeted(&self, targets: &[String]) -> Result<BTreeSet<String>, String> {
+        let mut selected = BTreeSet::new();
+        for target in targets {
+            let Some(resource) = self.resources.iter().find(|r| {
+                let address = r.address();
+                target == address
+                    || target.starts_with(&format!("{address}."))
+                    || target.starts_with(&format!("{address}["))
+            }) else {
+                let mut known: Vec<&str> = self.resources.iter().map(|r| r.address()).collect();
+                known.sort_unstable();
+                return Err(format!(
+                    "--target {target} matches no resource; the configuration has {}",
+                    known.join(", ")
+                ));
+            };
+            let mut pending = vec![resource.address().to_string()];
+            while let Some(address) = pending.pop() {
+                if selected.insert(address.clone()) {
+                    pending.extend(self.graph.dependencies_of(&address));
+                }
+            }
+        }
+        Ok(selected)
+    }
+
+    /// Like [`Engine::observe`], limited to `only` when given.
+    pub async fn observe_only(&self, only: Option<&BTreeSet<String>>) -> Vec<Observation> {
+        let ordered: Vec<Arc<dyn Resource>> = self
+            .resources()
+            .into_iter()
+            .filter(|r| only.is_none_or(|only| only.contains(r.address())))
+            .collect();
         let reads = join_all(ordered.iter().map(|resource| async move {
             let started = std::time::Instant::now();
             let live = resource.read().await;
@@ -217,7 +255,23 @@ impl Engine {
         timeout: Duration,
         observer: &dyn LockObserver,
     ) -> Result<(), ResourceError> {
-        let mut by_address = self.resources.clone();
+        self.lock_only(None, timeout, observer).await
+    }
+
+    /// Like [`Engine::lock_all`], limited to `only` when given (a saved plan locks what it
+    /// will touch).
+    pub async fn lock_only(
+        &self,
+        only: Option<&BTreeSet<String>>,
+        timeout: Duration,
+        observer: &dyn LockObserver,
+    ) -> Result<(), ResourceError> {
+        let mut by_address: Vec<Arc<dyn Resource>> = self
+            .resources
+            .iter()
+            .filter(|r| only.is_none_or(|only| only.contains(r.address())))
+            .cloned()
+            .collect();
         by_address.sort_by(|a, b| a.address().cmp(b.address()));
         for (taken, resource) in by_address.iter().enumerate() {
             if let Err(error) = resource.lock(timeout, observer).await {

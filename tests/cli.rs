@@ -150,3 +150,35 @@ fn init_writes_the_example_and_never_overwrites() {
         .expect_code(1)
         .expect_contains("already exists");
 }
+
+#[test]
+fn target_limits_the_plan_to_one_resource_and_its_dependencies() {
+    let project = Project::new();
+    project.config(
+        "[schema]\nurl = \"sqlite://.opsplan/a.db\"\n\n[alerts]\n[alerts.builtin]\n\
+         migration_failures = { enabled = true }\n",
+    );
+    project.migration("0001_a.sql", "CREATE TABLE a (id INTEGER);");
+
+    let run = project.run(&["plan", "--target", "schema.migration[\"0001_a\"]"]);
+    run.expect_code(0)
+        .expect_contains("# schema.migration[\"0001_a\"]")
+        .expect_contains("the plan is limited to schema (--target)");
+    assert!(!run.stdout.contains("alerts"), "{}", run.stdout);
+
+    project
+        .run(&["plan", "--target", "alerts", "--out", "plan.json"])
+        .expect_code(0);
+    project.run(&["apply", "plan.json"]).expect_code(0);
+    assert!(
+        !project.path().join(".opsplan/a.db").exists(),
+        "only alerts were applied"
+    );
+
+    project
+        .run(&["plan", "--target", "keyset.hmac"])
+        .expect_code(1)
+        .expect_contains(
+            "--target keyset.hmac matches no resource; the configuration has alerts, schema",
+        );
+}

@@ -76,11 +76,23 @@ pub async fn run(cli: &Cli, args: &ApplyArgs) -> Result<Outcome, Failure> {
     }
 
     let timeout = loaded.lock_timeout(args.lock_timeout);
-    if let Err(error) = loaded.engine.lock_all(timeout, &StderrLockObserver).await {
+    // A saved plan locks and reads only what it will touch.
+    let only: Option<std::collections::BTreeSet<String>> = saved.as_ref().map(|document| {
+        document
+            .resources
+            .iter()
+            .map(|r| r.address.clone())
+            .collect()
+    });
+    if let Err(error) = loaded
+        .engine
+        .lock_only(only.as_ref(), timeout, &StderrLockObserver)
+        .await
+    {
         loaded.close().await;
         return Err(Failure::Message(crate::engine::error_chain(error.as_ref())));
     }
-    let result = locked(&loaded, args, saved.as_ref(), interactive).await;
+    let result = locked(&loaded, args, saved.as_ref(), only.as_ref(), interactive).await;
     loaded.engine.unlock_all().await;
     loaded.close().await;
 
@@ -156,10 +168,11 @@ async fn locked(
     loaded: &Loaded,
     args: &ApplyArgs,
     saved: Option<&PlanDocument>,
+    only: Option<&std::collections::BTreeSet<String>>,
     interactive: bool,
 ) -> Result<(Outcome, Option<apply::ApplyReport>), Failure> {
     // Planned under the lock: what another apply did while we waited is already seen.
-    let fresh = loaded.engine.plan().await;
+    let fresh = crate::engine::plan_from(loaded.engine.observe_only(only).await);
     let json = args.format == ApplyFormat::Json;
 
     let plan: Plan = match saved {
@@ -222,7 +235,10 @@ async fn locked(
         };
         apply::apply(&loaded.engine, &plan, &reporter).await
     };
-    record_history(loaded, &report, &plan_digest, &started_at).await;
+    // The history lives in the target database, written under its lock.
+    if only.is_none_or(|only| only.contains(crate::schema::ADDRESS)) {
+        record_history(loaded, &report, &plan_digest, &started_at).await;
+    }
     if json {
         emit_json(&serde_json::json!({
             "event": "apply_finished",

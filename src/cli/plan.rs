@@ -15,6 +15,11 @@ pub struct PlanArgs {
     #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
     pub format: PlanFormat,
 
+    /// Plan only this resource (and what it depends on); repeatable. For exceptional
+    /// situations: the rest of the configuration is not read.
+    #[arg(long, value_name = "ADDRESS")]
+    pub target: Vec<String>,
+
     /// Force the replacement of an address now; `keyset.hmac` starts a key rotation now,
     /// or promotes a pending key now.
     #[arg(long, value_name = "ADDRESS")]
@@ -31,7 +36,19 @@ pub struct PlanArgs {
 
 pub async fn run(cli: &Cli, args: &PlanArgs) -> Result<Outcome, Failure> {
     let loaded = load_replacing(cli, &args.replace)?;
-    let plan = loaded.engine.plan().await;
+    let plan = if args.target.is_empty() {
+        loaded.engine.plan().await
+    } else {
+        let only = loaded
+            .engine
+            .targeted(&args.target)
+            .map_err(Failure::Message)?;
+        eprintln!(
+            "warning: the plan is limited to {} (--target); other resources were not read",
+            only.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        crate::engine::plan_from(loaded.engine.observe_only(Some(&only)).await)
+    };
     loaded.close().await;
 
     let document = PlanDocument::new(&plan, &cli.config, &loaded.config.digest);
