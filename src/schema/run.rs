@@ -65,6 +65,11 @@ pub async fn run_migration(
     let connection = guard.as_mut().expect("connection is open");
 
     let shown_file = format!("{shown_dir}/{}", file.file_name);
+    let execution = if file.no_transaction {
+        "no-transaction"
+    } else {
+        "statements"
+    };
     tracing::debug!(file = %shown_file, statements = statements.len(), no_transaction = file.no_transaction, "running migration");
 
     let outcome = if file.no_transaction {
@@ -77,22 +82,14 @@ pub async fn run_migration(
 
     match outcome {
         Ok(()) if file.no_transaction || dialect == Dialect::MySql => {
-            let row = NewHistoryRow {
-                version: file.version,
-                description: &file.description,
-                script: &file.file_name,
-                checksum: &file.checksum,
-                execution: if file.no_transaction {
-                    "no-transaction"
-                } else {
-                    "statements"
-                },
-                duration_ms: elapsed_ms(started),
-                success: true,
-                statements_committed: statements.len() as i64,
-                statements_total: statements.len() as i64,
-                note: None,
-            };
+            let row = row_for(
+                file,
+                execution,
+                started,
+                statements.len(),
+                statements.len(),
+                None,
+            );
             database
                 .insert_row(connection, &row)
                 .await
@@ -110,22 +107,14 @@ pub async fn run_migration(
                     failure.error_text(),
                     committed_range(failure.committed)
                 );
-                let row = NewHistoryRow {
-                    version: file.version,
-                    description: &file.description,
-                    script: &file.file_name,
-                    checksum: &file.checksum,
-                    execution: if file.no_transaction {
-                        "no-transaction"
-                    } else {
-                        "statements"
-                    },
-                    duration_ms: elapsed_ms(started),
-                    success: false,
-                    statements_committed: failure.committed as i64,
-                    statements_total: statements.len() as i64,
-                    note: Some(&note),
-                };
+                let row = row_for(
+                    file,
+                    execution,
+                    started,
+                    failure.committed,
+                    statements.len(),
+                    Some(&note),
+                );
                 if let Err(error) = database.insert_row(connection, &row).await {
                     return Err(SchemaError::Migration(format!(
                         "{message}\nRecording version {} as failed also failed: {error}",
@@ -135,6 +124,29 @@ pub async fn run_migration(
             }
             Err(SchemaError::Migration(message))
         }
+    }
+}
+
+/// A history row for `file`, timed from `started`; a row with a note records a failure.
+fn row_for<'a>(
+    file: &'a MigrationFile,
+    execution: &'a str,
+    started: Instant,
+    committed: usize,
+    total: usize,
+    note: Option<&'a str>,
+) -> NewHistoryRow<'a> {
+    NewHistoryRow {
+        version: file.version,
+        description: &file.description,
+        script: &file.file_name,
+        checksum: &file.checksum,
+        execution,
+        duration_ms: elapsed_ms(started),
+        success: note.is_none(),
+        statements_committed: committed as i64,
+        statements_total: total as i64,
+        note,
     }
 }
 
@@ -176,18 +188,14 @@ async fn run_in_transaction(
         let _ = transaction.rollback().await;
         return Err(fail(error, index));
     }
-    let row = NewHistoryRow {
-        version: file.version,
-        description: &file.description,
-        script: &file.file_name,
-        checksum: &file.checksum,
-        execution: "transaction",
-        duration_ms: elapsed_ms(started),
-        success: true,
-        statements_committed: statements.len() as i64,
-        statements_total: statements.len() as i64,
-        note: None,
-    };
+    let row = row_for(
+        file,
+        "transaction",
+        started,
+        statements.len(),
+        statements.len(),
+        None,
+    );
     database
         .insert_row(&mut transaction, &row)
         .await
