@@ -61,7 +61,7 @@ pub enum ColorMode {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Offline checks: configuration, migration files, dependencies.
+    /// Offline checks: configuration, migration files, PromQL, templates, key and mail policies.
     Validate,
     /// Compare live state with the configuration and show what apply would do.
     Plan(plan::PlanArgs),
