@@ -275,7 +275,11 @@ impl AlertsResource {
                 Attribute::added("file", self.shown_file(&item.namespace)),
                 Attribute::added("drift", item.message.clone()),
             ],
-            data: change_data(&item.namespace, &item.group, in_file),
+            data: {
+                let mut data = change_data(&item.namespace, &item.group, in_file);
+                data["record"] = serde_json::Value::Bool(false);
+                data
+            },
         });
     }
 
@@ -433,13 +437,15 @@ impl AlertsResource {
         };
         // A change without the flag (from an older saved plan) reloads by itself.
         let reload = change.data["reload"].as_bool().unwrap_or(true);
+        // A change that only makes Prometheus reload a file leaves the record as it is.
+        let record = change.data["record"].as_bool().unwrap_or(true);
 
         let mut journal = self
             .journal
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let outcome = self
-            .write_group(&mut journal, namespace, name, spec.as_ref())
+            .write_group(&mut journal, namespace, name, spec.as_ref(), record)
             .map_err(|error| crate::engine::error_chain(&error))
             .and_then(|written| {
                 let Some(api) = self.api() else {
@@ -463,10 +469,7 @@ impl AlertsResource {
             Err(why) => {
                 let restored = self.restore(&journal);
                 *journal = ApplyJournal::default();
-                Err(AlertsError::Verify(format!(
-                    "{}: {why}; {restored}",
-                    change.address
-                )))
+                Err(AlertsError::Verify(format!("{why}; {restored}")))
             }
         }
     }
@@ -478,6 +481,7 @@ impl AlertsResource {
         namespace: &str,
         name: &str,
         spec: Option<&RuleGroupYaml>,
+        record: bool,
     ) -> Result<String, AlertsError> {
         let path = self.config.rules_dir.join(namespace);
         let current = read_if_present(&path)?;
@@ -538,7 +542,12 @@ impl AlertsResource {
             write_atomic(&path, &rules::render_file(&groups))?;
         }
         let mut written = WrittenState::read(&self.config.rules_dir)?.unwrap_or_default();
-        written.record(namespace, &groups);
+        if record {
+            written.record(namespace, name, spec);
+        }
+        if groups.is_empty() {
+            written.forget(namespace);
+        }
         write_atomic(&state_path, &written.render())?;
         tracing::debug!(
             path = %path.display(),

@@ -62,17 +62,23 @@ impl WrittenState {
         Ok(Some(state))
     }
 
-    /// Records the groups just written to `namespace`; no groups means the file is gone.
-    pub fn record(&mut self, namespace: &str, groups: &[RuleGroupYaml]) {
-        if groups.is_empty() {
+    /// Records the group opsplan just wrote to `namespace`, or its removal. Other groups of
+    /// the file keep their record: opsplan carried them over but did not write them, so a
+    /// group added by hand is never adopted.
+    pub fn record(&mut self, namespace: &str, name: &str, group: Option<&RuleGroupYaml>) {
+        let file = self.files.entry(namespace.to_string()).or_default();
+        match group {
+            Some(group) => file.insert(name.to_string(), group_digest(group)),
+            None => file.remove(name),
+        };
+        if file.is_empty() {
             self.files.remove(namespace);
-            return;
         }
-        let digests = groups
-            .iter()
-            .map(|group| (group.name.clone(), group_digest(group)))
-            .collect();
-        self.files.insert(namespace.to_string(), digests);
+    }
+
+    /// Forgets a rendered file that was removed.
+    pub fn forget(&mut self, namespace: &str) {
+        self.files.remove(namespace);
     }
 
     pub fn render(&self) -> String {
@@ -110,11 +116,15 @@ mod tests {
     }
 
     #[test]
-    fn recording_no_groups_forgets_the_file() {
+    fn removing_the_last_group_forgets_the_file() {
         let mut state = WrittenState::default();
-        state.record("a.yml", &[group("groups:\n- name: a\n  rules: []\n")]);
+        let a = group("groups:\n- name: a\n  rules: []\n");
+        state.record("a.yml", "a", Some(&a));
+        state.record("a.yml", "b", Some(&a));
+        assert_eq!(state.files["a.yml"].len(), 2);
+        state.record("a.yml", "b", None);
         assert_eq!(state.files["a.yml"].len(), 1);
-        state.record("a.yml", &[]);
+        state.record("a.yml", "a", None);
         assert!(state.files.is_empty());
         let text = state.render();
         assert_eq!(serde_json::from_str::<WrittenState>(&text).unwrap(), state);
