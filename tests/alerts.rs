@@ -303,10 +303,20 @@ fn corpus_applies_to_prometheus_and_the_next_plan_is_clean() {
         .run(&["plan", "--detailed-exitcode"])
         .expect_code(2)
         .expect_contains("Plan: 56 to add, 0 to change, 0 to destroy.");
-    project
-        .run(&["apply", "--auto-approve"])
+    // One reload for the whole apply, after the last file is written.
+    let applied = project.run(&["apply", "--auto-approve"]);
+    applied
         .expect_code(0)
-        .expect_contains("Apply complete! 56 applied.");
+        .expect_contains("Apply complete! 56 applied.")
+        .expect_contains("Prometheus reloaded, 56 group(s) in 56 file(s) verified");
+    assert_eq!(applied.all().matches("Prometheus reloaded").count(), 1);
+    assert_eq!(
+        applied
+            .all()
+            .matches("Prometheus reloads after the last group of this apply")
+            .count(),
+        55
+    );
 
     let loaded = server.loaded();
     let files: std::collections::BTreeSet<&str> = loaded.iter().map(|g| g.file.as_str()).collect();
@@ -329,6 +339,7 @@ fn corpus_applies_to_prometheus_and_the_next_plan_is_clean() {
             server.rules_dir().display()
         ))
         .expect_contains("No changes.");
+    project.run(&["drift"]).expect_code(0);
 }
 
 #[test]
@@ -700,4 +711,309 @@ fn the_example_configuration_runs_with_nothing_installed() {
         .expect_code(2)
         .expect_contains("rule AuthTokenReuseRepeated: expr, annotations")
         .expect_contains("+    expr: sum(increase(auth_reuse_total[10m])) > 10");
+}
+
+// Drift: a rendered file edited, emptied of a group, given a group by hand, or deleted on
+// the host is drift, and the plan shows the change that restores the desired state.
+#[test]
+fn rule_files_changed_on_the_host_are_drift_that_apply_corrects() {
+    let project = Project::new();
+    project.config(
+        "[alerts]\ninclude = [\"ops/alerts/*.yml\"]\n\n[[alerts.group]]\nname = \"inline\"\n\
+         [[alerts.group.rule]]\nalert = \"InlineDown\"\nexpr = \"up == 0\"\n",
+    );
+    let auth: &[(&str, &str)] = &[("AuthDown", "up{job=\"auth\"} == 0")];
+    let api: &[(&str, &str)] = &[("ApiDown", "up{job=\"api\"} == 0")];
+    project.write(
+        "ops/alerts/auth.yml",
+        &rule_file(&[("auth", auth), ("api", api)]),
+    );
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    project
+        .run(&["drift"])
+        .expect_code(0)
+        .expect_contains("No drift: live state matches what opsplan applied.");
+    let state =
+        std::fs::read_to_string(project.path().join(".opsplan/rules/.opsplan-state.json")).unwrap();
+    assert!(state.contains("\"auth.yml\""), "{state}");
+    assert!(state.contains("\"opsplan.rules.yml\""), "{state}");
+
+    // Comments and layout are not drift: the groups read the same.
+    let live = project.path().join(".opsplan/rules/auth.yml");
+    let written = std::fs::read_to_string(&live).unwrap();
+    std::fs::write(&live, format!("# reviewed by ops\n{written}")).unwrap();
+    project.run(&["drift"]).expect_code(0);
+
+    // A hand edit of one group, and a group added by hand.
+    let edited: &[(&str, &str)] = &[("AuthDown", "up{job=\"auth\"} == 1")];
+    let extra: &[(&str, &str)] = &[("Extra", "up > 2")];
+    std::fs::write(
+        &live,
+        rule_file(&[("auth", edited), ("api", api), ("extra", extra)]),
+    )
+    .unwrap();
+    project
+        .run(&["drift"])
+        .expect_code(2)
+        .expect_contains("Drift: 2 out-of-band change(s) to what opsplan applied:")
+        .expect_contains(
+            "! alerts.group[\"auth.yml/auth\"]: group auth in .opsplan/rules/auth.yml was \
+             edited on the host since opsplan wrote it",
+        )
+        .expect_contains(
+            "! alerts.group[\"auth.yml/extra\"]: group extra was added by hand to \
+             .opsplan/rules/auth.yml, which opsplan wrote",
+        )
+        .expect_contains("~ alerts.group[\"auth.yml/auth\"]: update group auth");
+    project
+        .run(&["plan", "--detailed-exitcode"])
+        .expect_code(2)
+        .expect_contains("~ alerts.group[\"auth.yml/auth\"]")
+        .expect_contains("Plan: 0 to add, 1 to change, 0 to destroy.");
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    // The hand-added group is kept (not fully managed), so it stays drift.
+    project
+        .run(&["drift"])
+        .expect_code(2)
+        .expect_contains("Drift: 1 out-of-band change(s)")
+        .expect_contains("alerts.group[\"auth.yml/extra\"]");
+    std::fs::write(&live, rule_file(&[("auth", auth), ("api", api)])).unwrap();
+    project.run(&["drift"]).expect_code(0);
+
+    // A group removed by hand, and a deleted file.
+    std::fs::write(&live, rule_file(&[("auth", auth)])).unwrap();
+    std::fs::remove_file(project.path().join(".opsplan/rules/opsplan.rules.yml")).unwrap();
+    project
+        .run(&["drift", "--format", "json"])
+        .expect_code(2)
+        .expect_contains("group api was removed from .opsplan/rules/auth.yml on the host")
+        .expect_contains(
+            "the rule file .opsplan/rules/opsplan.rules.yml that opsplan wrote was deleted on \
+             the host",
+        )
+        .expect_contains("\"address\": \"alerts.group[\\\"inline\\\"]\"");
+    project
+        .run(&["apply", "--auto-approve"])
+        .expect_code(0)
+        .expect_contains("Apply complete! 2 applied.");
+    project.run(&["drift"]).expect_code(0);
+}
+
+// Pending work is not drift: the configuration and the included files changed, not the
+// rendered files.
+#[test]
+fn changed_configuration_is_pending_work_and_not_drift() {
+    let project = Project::new();
+    let config = |expr: &str| {
+        format!(
+            "[alerts]\ninclude = [\"ops/alerts/*.yml\"]\n\n[[alerts.group]]\nname = \
+             \"inline\"\n[[alerts.group.rule]]\nalert = \"InlineDown\"\nexpr = \"{expr}\"\n"
+        )
+    };
+    project.config(&config("up == 0"));
+    let v1: &[(&str, &str)] = &[("AuthDown", "up == 0")];
+    project.write("ops/alerts/auth.yml", &rule_file(&[("auth", v1)]));
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+
+    project.config(&config("up == 2"));
+    let v2: &[(&str, &str)] = &[("AuthDown", "up == 0"), ("AuthSlow", "up > 1")];
+    project.write("ops/alerts/auth.yml", &rule_file(&[("auth", v2)]));
+    project
+        .run(&["drift"])
+        .expect_code(0)
+        .expect_contains("No drift: live state matches what opsplan applied.")
+        .expect_contains("Pending: 2 change(s) the configuration is ahead by")
+        .expect_contains("~ alerts.group[\"auth.yml/auth\"]: update group auth")
+        .expect_contains("~ alerts.group[\"inline\"]: update group inline");
+}
+
+#[test]
+fn drift_ignore_silences_rule_file_drift() {
+    let project = Project::new();
+    project.config(
+        "[alerts]\ninclude = [\"ops/alerts/*.yml\"]\n\n[drift]\n\
+         ignore = [\"alerts.group[\\\"auth.yml/*\"]\n",
+    );
+    let v1: &[(&str, &str)] = &[("AuthDown", "up == 0")];
+    project.write("ops/alerts/auth.yml", &rule_file(&[("auth", v1)]));
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    let edited: &[(&str, &str)] = &[("AuthDown", "up == 1")];
+    std::fs::write(
+        project.path().join(".opsplan/rules/auth.yml"),
+        rule_file(&[("auth", edited)]),
+    )
+    .unwrap();
+    project
+        .run(&["drift"])
+        .expect_code(0)
+        .expect_contains("No drift")
+        .expect_contains("Ignored by [drift] ignore: 1")
+        .expect_contains(". alerts.group[\"auth.yml/auth\"]");
+}
+
+// Rule files written without a reload (an apply killed before it, or the file target) are
+// drift against Prometheus, and the next apply reloads it.
+#[test]
+fn rules_prometheus_has_not_loaded_are_drift_and_apply_reloads_them() {
+    let Some(server) = PrometheusServer::start() else {
+        return;
+    };
+    let project = Project::new();
+    let v1: &[(&str, &str)] = &[("AuthDown", "up{job=\"auth\"} == 0")];
+    let api: &[(&str, &str)] = &[("ApiDown", "up{job=\"api\"} == 0")];
+    project.write("ops/alerts/auth.yml", &rule_file(&[("auth", v1)]));
+    project.write("ops/alerts/api.yml", &rule_file(&[("api", api)]));
+    project.config(&format!(
+        "[alerts]\nrules_dir = \"{}\"\ninclude = [\"ops/alerts/*.yml\"]\n",
+        server.rules_dir().display()
+    ));
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    assert!(server.loaded().is_empty());
+
+    project.config(&prometheus_config(
+        &server,
+        "include = [\"ops/alerts/*.yml\"]",
+    ));
+    project
+        .run(&["drift"])
+        .expect_code(2)
+        .expect_contains("Drift: 2 out-of-band change(s)")
+        .expect_contains(&format!(
+            "! alerts.group[\"auth.yml/auth\"]: Prometheus at {} has not loaded group auth from \
+             {}/auth.yml",
+            server.url,
+            server.rules_dir().display()
+        ));
+    project
+        .run(&["plan", "--detailed-exitcode"])
+        .expect_code(2)
+        .expect_contains("reload group auth from")
+        .expect_contains("Plan: 0 to add, 2 to change, 0 to destroy.");
+    let run = project.run(&["apply", "--auto-approve"]);
+    run.expect_code(0)
+        .expect_contains("Prometheus reloaded, 2 group(s) in 2 file(s) verified");
+    assert_eq!(run.all().matches("Prometheus reloaded").count(), 1);
+    assert_eq!(server.loaded().len(), 2);
+    project.run(&["drift"]).expect_code(0);
+
+    // A hand edit that Prometheus has not reloaded either: both are reported.
+    let edited: &[(&str, &str)] = &[("AuthDown", "up{job=\"auth\"} == 0"), ("X", "up > 3")];
+    std::fs::write(
+        server.rules_dir().join("auth.yml"),
+        rule_file(&[("auth", edited)]),
+    )
+    .unwrap();
+    project
+        .run(&["drift"])
+        .expect_code(2)
+        .expect_contains("group auth in ")
+        .expect_contains("was edited on the host since opsplan wrote it")
+        .expect_contains(&format!(
+            "Prometheus at {} serves group auth with rules [AuthDown] where the file has \
+             [AuthDown, X]",
+            server.url
+        ));
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
+    assert_eq!(server.loaded().len(), 2);
+}
+
+// A corrupted apply that writes several files: one reload for all of them, and when
+// Prometheus refuses it, every file written by the apply is put back.
+#[test]
+fn a_refused_reload_restores_every_file_the_apply_wrote() {
+    let Some(server) = PrometheusServer::start() else {
+        return;
+    };
+    let project = Project::new();
+    project.config(&prometheus_config(
+        &server,
+        "include = [\"ops/alerts/*.yml\"]",
+    ));
+    let v1: &[(&str, &str)] = &[("A", "up == 0")];
+    project.write("ops/alerts/a.yml", &rule_file(&[("a", v1)]));
+    project.write("ops/alerts/b.yml", &rule_file(&[("b", v1)]));
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    let before: Vec<String> = ["a.yml", "b.yml", ".opsplan-state.json"]
+        .iter()
+        .map(|name| std::fs::read_to_string(server.rules_dir().join(name)).unwrap())
+        .collect();
+
+    std::fs::write(
+        server.other_dir().join("broken.yml"),
+        "groups:\n- name: x\n  rules:\n  - alert: X\n    expr: sum(\n",
+    )
+    .unwrap();
+    let v2: &[(&str, &str)] = &[("A", "up == 0"), ("B", "up > 1")];
+    project.write("ops/alerts/a.yml", &rule_file(&[("a", v2)]));
+    project.write("ops/alerts/b.yml", &rule_file(&[("b", v2)]));
+    project.write("ops/alerts/c.yml", &rule_file(&[("c", v2)]));
+    project
+        .run(&["apply", "--auto-approve"])
+        .expect_code(1)
+        .expect_contains("refused the reload (HTTP 500)")
+        .expect_contains(&format!(
+            "the previous {dir}/a.yml, {dir}/b.yml, {dir}/c.yml was restored, but reloading \
+             Prometheus again failed too",
+            dir = server.rules_dir().display()
+        ));
+    let after: Vec<String> = ["a.yml", "b.yml", ".opsplan-state.json"]
+        .iter()
+        .map(|name| std::fs::read_to_string(server.rules_dir().join(name)).unwrap())
+        .collect();
+    assert_eq!(after, before);
+    assert!(!server.rules_dir().join("c.yml").exists());
+    let loaded = server.loaded();
+    assert_eq!(loaded.len(), 2, "{loaded:?}");
+    assert!(loaded.iter().all(|g| g.rules == ["A"]), "{loaded:?}");
+    project.run(&["drift"]).expect_code(0);
+}
+
+// Case 11, variant: a saved plan, then a rule file changes and a plain apply runs; the saved
+// plan is then stale and writes nothing.
+#[test]
+fn saved_plan_is_stale_after_an_apply_without_it() {
+    let Some(server) = PrometheusServer::start() else {
+        return;
+    };
+    let project = Project::new();
+    project.config(&prometheus_config(
+        &server,
+        "include = [\"ops/alerts/*.yml\"]",
+    ));
+    let v1: &[(&str, &str)] = &[("AuthDown", "up == 0")];
+    project.write("ops/alerts/auth.yml", &rule_file(&[("auth", v1)]));
+    project
+        .run(&["plan", "--out", "plan.json"])
+        .expect_code(0)
+        .expect_contains("Saved the plan to plan.json");
+
+    let v2: &[(&str, &str)] = &[("AuthDown", "up == 0"), ("AuthSlow", "up > 1")];
+    project.write("ops/alerts/auth.yml", &rule_file(&[("auth", v2)]));
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    let files = || {
+        let mut names: Vec<(String, String)> = std::fs::read_dir(server.rules_dir())
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (
+                    entry.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(entry.path()).unwrap(),
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let written = files();
+    let loaded = server.loaded();
+    assert_eq!(loaded[0].rules, ["AuthDown", "AuthSlow"]);
+
+    project
+        .run(&["apply", "plan.json"])
+        .expect_code(1)
+        .expect_contains("saved plan is stale: live state changed since the plan was created")
+        .expect_contains("alerts (planned against absent");
+    assert_eq!(files(), written);
+    assert_eq!(server.loaded(), loaded);
 }

@@ -24,6 +24,13 @@ pub enum AlertsError {
     )]
     LiveFile { path: PathBuf, detail: String },
 
+    #[error(
+        "the record of what opsplan wrote, {}, cannot be read ({detail}); remove it, and \
+         opsplan records again on its next write",
+        path.display()
+    )]
+    State { path: PathBuf, detail: String },
+
     #[error("Prometheus at {address} did not answer")]
     Http {
         address: String,

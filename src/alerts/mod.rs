@@ -7,15 +7,18 @@
 
 mod builtin;
 pub mod check;
+mod drift;
 pub mod duration;
 mod error;
 mod prometheus;
 pub mod rules;
+pub mod state;
 pub mod template;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 
@@ -24,11 +27,12 @@ pub use error::AlertsError;
 
 use crate::config::alerts::{AlertsConfig, AlertsTarget, DEFAULT_NAMESPACE};
 use crate::diagnostic::{Diagnostic, Diagnostics, Location};
-use crate::engine::{Diff, LiveState, Resource, ResourceError};
+use crate::engine::{Diff, DriftItem, LiveState, Resource, ResourceError};
 use crate::graph::Dependency;
 use crate::plan::{Action, Attribute, Change, Check, Fingerprint};
-use prometheus::PrometheusApi;
+use prometheus::{LoadedGroup, PrometheusApi};
 use rules::{RuleGroupYaml, SourcedGroup};
+use state::WrittenState;
 
 /// The resource's address in `depends_on`.
 pub const ADDRESS: &str = "alerts";
@@ -50,8 +54,12 @@ pub fn group_address(namespace: &str, name: &str) -> String {
 #[derive(Debug, Default)]
 pub struct LiveRules {
     pub files: BTreeMap<String, LiveFile>,
+    /// What opsplan last wrote there, from `.opsplan-state.json`.
+    pub written: Option<WrittenState>,
     /// What Prometheus answered to a read-only `GET /api/v1/rules`, for the plan's check.
     pub probe: Option<Check>,
+    /// The groups Prometheus serves, when the target is Prometheus and it answered.
+    pub loaded: Option<Vec<LoadedGroup>>,
 }
 
 #[derive(Debug)]
@@ -65,6 +73,19 @@ pub struct AlertsResource {
     desired: Vec<SourcedGroup>,
     /// Problems found while loading the sources, reported by `validate`.
     load_problems: Diagnostics,
+    /// The files written by the apply in progress, so that a failure puts all of them back.
+    journal: Mutex<ApplyJournal>,
+}
+
+/// What one apply has written so far; Prometheus reloads once, after its last change.
+#[derive(Debug, Default)]
+struct ApplyJournal {
+    /// Every path written, with its text before this apply (`None`: it did not exist).
+    originals: BTreeMap<PathBuf, Option<String>>,
+    /// Every rendered file written, with its groups now and the group names removed from it.
+    files: BTreeMap<String, (Vec<RuleGroupYaml>, Vec<String>)>,
+    /// Whether Prometheus was reloaded, so that a restore reloads it again.
+    reloaded: bool,
 }
 
 impl AlertsResource {
@@ -90,6 +111,7 @@ impl AlertsResource {
             config,
             desired,
             load_problems,
+            journal: Mutex::new(ApplyJournal::default()),
         }
     }
 
@@ -118,6 +140,7 @@ impl AlertsResource {
                 });
             }
         };
+        live.written = WrittenState::read(dir)?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !name.ends_with(".yml") || name.starts_with('.') {
@@ -144,8 +167,10 @@ impl AlertsResource {
     }
 
     /// Asks Prometheus which groups it has loaded from `rules_dir`'s files; writes nothing.
-    fn probe(&self, live: &LiveRules) -> Option<Check> {
-        let api = self.api()?;
+    fn probe(&self, live: &mut LiveRules) {
+        let Some(api) = self.api() else {
+            return;
+        };
         let detail = match api.rules() {
             Ok(groups) => {
                 let ours = groups
@@ -157,23 +182,109 @@ impl AlertsResource {
                             .is_some_and(|name| live.files.contains_key(name))
                     })
                     .count();
-                Ok(format!(
+                let detail = format!(
                     "Prometheus at {} has {} group(s) loaded, {ours} of them from {}",
                     api.url(),
                     groups.len(),
                     self.config.rules_dir_display
-                ))
+                );
+                live.loaded = Some(groups);
+                Ok(detail)
             }
             Err(error) => Err(crate::engine::error_chain(&error)),
         };
-        Some(Check {
+        live.probe = Some(Check {
             name: "prometheus".to_string(),
             passed: detail.is_ok(),
             detail: detail.unwrap_or_else(|error| error),
-        })
+        });
     }
 
+    /// The plan for the rules: the changes that bring the files to the desired state, the
+    /// drift found on the host and in Prometheus, and the reloads that correct the latter.
     fn compare(&self, live: &LiveRules) -> Diff {
+        let mut diff = self.changes_to_desired(live);
+        let shown = |namespace: &str| self.shown_file(namespace);
+
+        let mut found = Vec::new();
+        if let Some(written) = &live.written {
+            found.extend(drift::written_drift(
+                written,
+                &live.files,
+                &self.desired,
+                &shown,
+            ));
+        }
+        if let (Some(loaded), Some(api)) = (&live.loaded, self.api()) {
+            let served = drift::loaded_drift(
+                &live.files,
+                live.written.as_ref(),
+                loaded,
+                &api.url(),
+                &shown,
+            );
+            for item in &served {
+                self.plan_reload(live, item, &mut diff);
+            }
+            found.extend(served);
+        }
+        diff.drift = found
+            .into_iter()
+            .map(|item| DriftItem {
+                address: group_address(&item.namespace, &item.group),
+                message: item.message,
+            })
+            .collect();
+
+        // Prometheus reloads once, after the last change of the apply.
+        let last = diff.changes.len().saturating_sub(1);
+        for (index, change) in diff.changes.iter_mut().enumerate() {
+            change.data["reload"] = serde_json::Value::Bool(index == last);
+        }
+        diff
+    }
+
+    /// A group that Prometheus serves unlike its file, and that no other change rewrites,
+    /// gets a change of its own: its file is written as it is, and Prometheus reloaded.
+    fn plan_reload(&self, live: &LiveRules, item: &drift::GroupDrift, diff: &mut Diff) {
+        let address = group_address(&item.namespace, &item.group);
+        if diff.changes.iter().any(|change| change.address == address) {
+            return;
+        }
+        let in_file = live
+            .files
+            .get(&item.namespace)
+            .and_then(|file| file.groups.iter().find(|g| g.name == item.group));
+        let summary = match in_file {
+            Some(_) => format!(
+                "reload group {} from {}, which Prometheus serves in another version",
+                item.group,
+                self.shown_file(&item.namespace)
+            ),
+            None => format!(
+                "reload Prometheus, which still serves group {} that {} no longer holds",
+                item.group,
+                self.shown_file(&item.namespace)
+            ),
+        };
+        diff.changes.push(Change {
+            address,
+            action: Action::Update,
+            summary,
+            attributes: vec![
+                Attribute::added("file", self.shown_file(&item.namespace)),
+                Attribute::added("drift", item.message.clone()),
+            ],
+            data: {
+                let mut data = change_data(&item.namespace, &item.group, in_file);
+                data["record"] = serde_json::Value::Bool(false);
+                data
+            },
+        });
+    }
+
+    /// The changes that bring the rule files to the desired state.
+    fn changes_to_desired(&self, live: &LiveRules) -> Diff {
         let mut diff = Diff::default();
         diff.checks.extend(live.probe.clone());
         let live_groups: usize = live.files.values().map(|f| f.groups.len()).sum();
@@ -307,8 +418,10 @@ impl AlertsResource {
         )
     }
 
-    /// Writes one group's change into its rendered file, then reloads and verifies when the
-    /// target is Prometheus; on failure the previous file is put back.
+    /// Carries out one group's change: its rendered file and the record beside it are
+    /// written, and when the change is the apply's last, Prometheus reloads once and every
+    /// file the apply wrote is verified. Any failure puts back every file the apply wrote,
+    /// so that the rules end as they were before it.
     fn apply_change(&self, change: &Change) -> Result<String, AlertsError> {
         let refused = || {
             AlertsError::Refused(format!(
@@ -322,14 +435,57 @@ impl AlertsResource {
             serde_json::Value::Null => None,
             value => Some(serde_json::from_value(value.clone()).map_err(|_| refused())?),
         };
-        let path = self.config.rules_dir.join(namespace);
+        // A change without the flag (from an older saved plan) reloads by itself.
+        let reload = change.data["reload"].as_bool().unwrap_or(true);
+        // A change that only makes Prometheus reload a file leaves the record as it is.
+        let record = change.data["record"].as_bool().unwrap_or(true);
 
-        let previous = match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(AlertsError::Read { path, source }),
-        };
-        let mut groups = match &previous {
+        let mut journal = self
+            .journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let outcome = self
+            .write_group(&mut journal, namespace, name, spec.as_ref(), record)
+            .map_err(|error| crate::engine::error_chain(&error))
+            .and_then(|written| {
+                let Some(api) = self.api() else {
+                    return Ok(written);
+                };
+                if !reload {
+                    return Ok(format!(
+                        "{written}; Prometheus reloads after the last group of this apply"
+                    ));
+                }
+                journal.reloaded = true;
+                reload_and_verify(&api, &journal.files).map(|detail| format!("{written}; {detail}"))
+            });
+        match outcome {
+            Ok(detail) => {
+                if reload {
+                    *journal = ApplyJournal::default();
+                }
+                Ok(detail)
+            }
+            Err(why) => {
+                let restored = self.restore(&journal);
+                *journal = ApplyJournal::default();
+                Err(AlertsError::Verify(format!("{why}; {restored}")))
+            }
+        }
+    }
+
+    /// Writes one group into its rendered file, then the record of what was written.
+    fn write_group(
+        &self,
+        journal: &mut ApplyJournal,
+        namespace: &str,
+        name: &str,
+        spec: Option<&RuleGroupYaml>,
+        record: bool,
+    ) -> Result<String, AlertsError> {
+        let path = self.config.rules_dir.join(namespace);
+        let current = read_if_present(&path)?;
+        let mut groups = match &current {
             Some(text) => {
                 rules::parse_file(text)
                     .map_err(|(detail, _)| AlertsError::LiveFile {
@@ -341,138 +497,197 @@ impl AlertsResource {
             None => Vec::new(),
         };
         let position = groups.iter().position(|g| g.name == name);
-        match (&spec, position) {
-            (Some(spec), Some(at)) => groups[at] = spec.clone(),
-            (Some(spec), None) => groups.push(spec.clone()),
+        let removed = match (spec, position) {
+            (Some(spec), Some(at)) => {
+                groups[at] = spec.clone();
+                false
+            }
+            (Some(spec), None) => {
+                groups.push(spec.clone());
+                false
+            }
             (None, Some(at)) => {
                 groups.remove(at);
+                true
             }
-            (None, None) => return Ok(format!("{name} was already gone")),
+            (None, None) => {
+                // Nothing to write; the reload still makes Prometheus drop the group.
+                let entry = journal.files.entry(namespace.to_string()).or_default();
+                if entry.0.is_empty() {
+                    entry.0 = groups;
+                }
+                entry.1.push(name.to_string());
+                return Ok(format!("{name} is not in {}", self.shown_file(namespace)));
+            }
+        };
+
+        // What was there before this apply is what a failure restores and what
+        // `<file>.previous` keeps.
+        if !journal.originals.contains_key(&path) {
+            if let Some(text) = &current {
+                write_atomic(&previous_path(&path), text)?;
+            }
+            journal.originals.insert(path.clone(), current.clone());
+        }
+        let state_path = WrittenState::path(&self.config.rules_dir);
+        if !journal.originals.contains_key(&state_path) {
+            journal
+                .originals
+                .insert(state_path.clone(), read_if_present(&state_path)?);
         }
 
-        if let Some(text) = &previous {
-            write_atomic(&previous_path(&path), text)?;
-        }
         if groups.is_empty() {
-            std::fs::remove_file(&path).map_err(|source| AlertsError::Write {
-                path: path.clone(),
-                source,
-            })?;
+            remove_if_present(&path)?;
         } else {
             write_atomic(&path, &rules::render_file(&groups))?;
         }
-        let written = format!("wrote {}", self.shown_file(namespace));
+        let mut written = WrittenState::read(&self.config.rules_dir)?.unwrap_or_default();
+        if record {
+            written.record(namespace, name, spec);
+        }
+        if groups.is_empty() {
+            written.forget(namespace);
+        }
+        write_atomic(&state_path, &written.render())?;
         tracing::debug!(
             path = %path.display(),
             groups = groups.len(),
-            kept_previous = previous.is_some(),
+            kept_previous = current.is_some(),
             "rule file written"
         );
 
-        let Some(api) = self.api() else {
-            return Ok(written);
-        };
-        match reload_and_verify(&api, namespace, &groups, name) {
-            Ok(detail) => Ok(format!("{written}; {detail}")),
-            Err(why) => {
-                let restored = match &previous {
-                    Some(text) => write_atomic(&path, text),
-                    None => std::fs::remove_file(&path).map_err(|source| AlertsError::Write {
-                        path: path.clone(),
-                        source,
-                    }),
-                };
-                let restored = match restored {
-                    Ok(()) => match api.reload() {
-                        Ok(()) => format!(
-                            "the previous {} was restored and Prometheus reloaded",
-                            self.shown_file(namespace)
-                        ),
-                        Err(error) => format!(
-                            "the previous {} was restored, but reloading Prometheus again \
-                             failed too ({}); Prometheus keeps serving the rules it had loaded \
-                             before",
-                            self.shown_file(namespace),
-                            crate::engine::error_chain(&error)
-                        ),
-                    },
-                    Err(error) => format!(
-                        "restoring the previous file failed as well ({}); the previous version \
-                         is kept in {}",
-                        crate::engine::error_chain(&error),
-                        previous_path(&path).display()
-                    ),
-                };
-                Err(AlertsError::Verify(format!(
-                    "{}: {why}; {restored}",
-                    change.address
-                )))
+        let entry = journal.files.entry(namespace.to_string()).or_default();
+        entry.0 = groups;
+        if removed {
+            entry.1.push(name.to_string());
+        }
+        Ok(format!("wrote {}", self.shown_file(namespace)))
+    }
+
+    /// Puts back every file the apply wrote, and reloads Prometheus if it had reloaded.
+    fn restore(&self, journal: &ApplyJournal) -> String {
+        if journal.originals.is_empty() {
+            return "no file had been written".to_string();
+        }
+        let mut failures = Vec::new();
+        for (path, original) in &journal.originals {
+            let result = match original {
+                Some(text) => write_atomic(path, text),
+                None => remove_if_present(path),
+            };
+            if let Err(error) = result {
+                failures.push(crate::engine::error_chain(&error));
             }
+        }
+        let files: Vec<String> = journal
+            .files
+            .keys()
+            .map(|namespace| self.shown_file(namespace))
+            .collect();
+        if !failures.is_empty() {
+            return format!(
+                "restoring the previous files failed as well ({}); the versions from before \
+                 this apply are kept beside them as <file>{PREVIOUS_SUFFIX}",
+                failures.join("; ")
+            );
+        }
+        let restored = format!("the previous {} was restored", files.join(", "));
+        let Some(api) = self.api().filter(|_| journal.reloaded) else {
+            return restored;
+        };
+        match api.reload() {
+            Ok(()) => format!("{restored} and Prometheus reloaded"),
+            Err(error) => format!(
+                "{restored}, but reloading Prometheus again failed too ({}); Prometheus keeps \
+                 serving the rules it had loaded before",
+                crate::engine::error_chain(&error)
+            ),
         }
     }
 }
 
+/// Reloads Prometheus once and checks every file the apply wrote: each of its groups is
+/// loaded from it with the expected rules in order and none unhealthy, and each group
+/// removed from it is gone.
 fn reload_and_verify(
     api: &PrometheusApi,
-    namespace: &str,
-    expected: &[RuleGroupYaml],
-    changed: &str,
+    files: &BTreeMap<String, (Vec<RuleGroupYaml>, Vec<String>)>,
 ) -> Result<String, String> {
     api.reload()
         .map_err(|error| crate::engine::error_chain(&error))?;
     let loaded = api
         .rules()
         .map_err(|error| crate::engine::error_chain(&error))?;
-    let in_file = |group: &&prometheus::LoadedGroup| {
-        Path::new(&group.file).file_name().and_then(|n| n.to_str()) == Some(namespace)
-    };
-    for group in expected {
-        let Some(found) = loaded.iter().filter(in_file).find(|g| g.name == group.name) else {
-            return Err(format!(
-                "Prometheus at {} did not load group {} from {namespace}; check that \
-                 rule_files in prometheus.yml covers the alerts.rules_dir folder",
-                api.url(),
-                group.name
-            ));
-        };
-        let want: Vec<&str> = group.rules.iter().map(|r| r.name()).collect();
-        let have: Vec<&str> = found.rules.iter().map(|r| r.name.as_str()).collect();
-        if want != have {
-            return Err(format!(
-                "Prometheus at {} loaded group {} with rules [{}], expected [{}]",
-                api.url(),
-                group.name,
-                have.join(", "),
-                want.join(", ")
-            ));
+    let mut verified = 0;
+    for (namespace, (expected, removed)) in files {
+        let in_file = |group: &&LoadedGroup| drift::loaded_file(group) == Some(namespace);
+        for group in expected {
+            let Some(found) = loaded.iter().filter(in_file).find(|g| g.name == group.name) else {
+                return Err(format!(
+                    "Prometheus at {} did not load group {} from {namespace}; check that \
+                     rule_files in prometheus.yml covers the alerts.rules_dir folder",
+                    api.url(),
+                    group.name
+                ));
+            };
+            let want: Vec<&str> = group.rules.iter().map(|r| r.name()).collect();
+            let have: Vec<&str> = found.rules.iter().map(|r| r.name.as_str()).collect();
+            if want != have {
+                return Err(format!(
+                    "Prometheus at {} loaded group {} with rules [{}], expected [{}]",
+                    api.url(),
+                    group.name,
+                    have.join(", "),
+                    want.join(", ")
+                ));
+            }
+            if let Some(broken) = found.rules.iter().find(|r| r.health == "err") {
+                return Err(format!(
+                    "Prometheus at {} reports rule {} of group {} unhealthy: {}",
+                    api.url(),
+                    broken.name,
+                    group.name,
+                    broken.last_error.as_deref().unwrap_or("no detail")
+                ));
+            }
+            verified += 1;
         }
-        if let Some(broken) = found.rules.iter().find(|r| r.health == "err") {
-            return Err(format!(
-                "Prometheus at {} reports rule {} of group {} unhealthy: {}",
-                api.url(),
-                broken.name,
-                group.name,
-                broken.last_error.as_deref().unwrap_or("no detail")
-            ));
+        for name in removed {
+            let kept = expected.iter().any(|g| &g.name == name);
+            if !kept && loaded.iter().filter(in_file).any(|g| &g.name == name) {
+                return Err(format!(
+                    "Prometheus at {} still has group {name} from {namespace} after the reload",
+                    api.url()
+                ));
+            }
         }
     }
-    let deleted = !expected.iter().any(|g| g.name == changed);
-    if deleted && loaded.iter().filter(in_file).any(|g| g.name == changed) {
-        return Err(format!(
-            "Prometheus at {} still has group {changed} from {namespace} after the reload",
-            api.url()
-        ));
+    Ok(format!(
+        "Prometheus reloaded, {verified} group(s) in {} file(s) verified",
+        files.len()
+    ))
+}
+
+fn read_if_present(path: &Path) -> Result<Option<String>, AlertsError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AlertsError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
-    let rules: usize = expected
-        .iter()
-        .filter(|g| g.name == changed)
-        .map(|g| g.rules.len())
-        .sum();
-    Ok(if deleted {
-        format!("Prometheus reloaded, group {changed} is gone")
-    } else {
-        format!("Prometheus reloaded, group {changed} loaded with {rules} rule(s)")
-    })
+}
+
+fn remove_if_present(path: &Path) -> Result<(), AlertsError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AlertsError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 fn previous_path(path: &Path) -> PathBuf {
@@ -744,7 +959,7 @@ impl Resource for AlertsResource {
     async fn read(&self) -> Result<LiveState, ResourceError> {
         let mut live = self.read_live()?;
         // The Prometheus client blocks; keep it off the async workers.
-        live.probe = tokio::task::block_in_place(|| self.probe(&live));
+        tokio::task::block_in_place(|| self.probe(&mut live));
         Ok(Box::new(live))
     }
 

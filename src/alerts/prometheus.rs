@@ -1,5 +1,6 @@
 //! Prometheus's HTTP API: `POST /-/reload` and `GET /api/v1/rules`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +20,18 @@ pub struct LoadedGroup {
 #[derive(Debug, Clone, Deserialize)]
 pub struct LoadedRule {
     pub name: String,
+    /// `alerting` or `recording`.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub query: String,
+    /// The alert's `for`, in seconds.
+    #[serde(default)]
+    pub duration: f64,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub health: String,
     #[serde(default, rename = "lastError")]
