@@ -156,10 +156,11 @@ impl VaultStore {
                         let denied = matches!(error, ClientError::APIError { code: 403, .. });
                         let mut failure = self.failure("GET", &api, error, false);
                         if denied && let StoreError::Backend { message, .. } = &mut failure {
-                            message.push_str(
+                            message.push_str(&format!(
                                 "; opsplan asks this endpoint for the mount's KV version: grant \
-                                 read on it, or set keyset.vault.kv_version = 1 or 2",
-                            );
+                                 read on it, or set {}.vault.kv_version = 1 or 2",
+                                self.config.section
+                            ));
                         }
                         failure
                     })?;
