@@ -253,6 +253,20 @@ fn vault_settings_edited_by_hand_are_drift() {
     opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(bao.kv2_get("secret", "app/mail").1["SMTP_PASS"], PASSWORD);
     opsplan(&project, &["drift"]).expect_code(0);
+
+    // The whole secret deleted: drift, and apply publishes it again with cas = 3.
+    let (status, _) = bao.root("DELETE", "secret/data/app/mail", None);
+    assert_eq!(status, 204);
+    opsplan(&project, &["drift"])
+        .expect_code(2)
+        .expect_contains(&format!(
+            "! mail.settings: the published settings were deleted from vault \
+             {}/secret/app/mail (latest version 3 has no data)",
+            bao.addr
+        ));
+    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    assert_eq!(bao.kv2_get("secret", "app/mail").0, 4);
+    opsplan(&project, &["drift"]).expect_code(0);
 }
 
 fn console_project() -> Project {

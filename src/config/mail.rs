@@ -778,5 +778,18 @@ mod tests {
             text.contains("ops.toml:5:14: mail.vault.kv_version `3`"),
             "{text}"
         );
+
+        let error = parse_with(
+            "[keyset]\nstore = 'vault'\n[mail]\nstore = 'vault'\n\
+             [mail.vault]\nkv_path = 'kv2/opsplan/hmac'\n",
+            &env,
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("mail.vault.kv_path `kv2/opsplan/hmac` is the key set's secret"),
+            "{error}"
+        );
     }
 }
