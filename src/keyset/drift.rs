@@ -207,3 +207,101 @@ pub fn findings(document: Option<&Document>, live: &LiveKeys) -> Vec<Finding> {
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyset::parse_document;
+    use crate::secret::Secret;
+    use chrono::Utc;
+
+    const A: &str = "key-a-0123456789abcdef0123456789";
+    const B: &str = "key-b-0123456789abcdef0123456789";
+    const C: &str = "key-c-0123456789abcdef0123456789";
+
+    /// What opsplan publishes for `keys` (primary first), as a document.
+    fn published(keys: &[(&str, KeyState)]) -> Document {
+        let keys: Vec<super::super::keys::Key> = keys
+            .iter()
+            .map(|(material, state)| super::super::keys::Key {
+                id: key_id(material),
+                material: Secret::new(*material),
+                state: *state,
+                created_at: Some(Utc::now()),
+                since: Some(Utc::now()),
+            })
+            .collect();
+        Document {
+            fields: LiveKeys::fields_for(&keys, &BTreeMap::new()),
+            version: None,
+        }
+    }
+
+    fn edited(mut document: Document, field: &str, value: &str) -> Document {
+        document
+            .fields
+            .insert(field.to_string(), Secret::new(value));
+        document
+    }
+
+    fn found(document: &Document) -> Vec<(String, bool)> {
+        let live = parse_document(Some(document), false).unwrap();
+        findings(Some(document), &live)
+            .into_iter()
+            .map(|f| (f.message, f.refused))
+            .collect()
+    }
+
+    #[test]
+    fn what_opsplan_published_is_no_drift() {
+        let document = published(&[(A, KeyState::Primary), (B, KeyState::Retired)]);
+        assert!(found(&document).is_empty());
+    }
+
+    #[test]
+    fn keys_added_after_the_first_are_corrected_before_it_refused() {
+        let document = published(&[(A, KeyState::Primary), (B, KeyState::Retired)]);
+        let added = edited(document.clone(), SECRETS_FIELD, &format!("{A},{B},{C}"));
+        assert_eq!(
+            found(&added),
+            [(
+                format!(
+                    "key {} was added to HMAC_SECRETS outside opsplan (position 3)",
+                    key_id(C)
+                ),
+                false
+            )]
+        );
+        let first = edited(document, SECRETS_FIELD, &format!("{C},{A},{B}"));
+        let first = edited(first, SECRET_FIELD, C);
+        assert_eq!(
+            found(&first),
+            [(
+                format!(
+                    "HMAC_SECRETS was edited outside opsplan: {} is first, so the application \
+                     signs with it, but opsplan published {} as primary",
+                    key_id(C),
+                    key_id(A)
+                ),
+                true
+            )]
+        );
+    }
+
+    #[test]
+    fn verify_only_keys_reordered_are_corrected() {
+        let document = published(&[
+            (A, KeyState::Primary),
+            (B, KeyState::Pending),
+            (C, KeyState::Retired),
+        ]);
+        let reordered = edited(document, SECRETS_FIELD, &format!("{A},{C},{B}"));
+        assert_eq!(
+            found(&reordered),
+            [(
+                "HMAC_SECRETS was reordered outside opsplan".to_string(),
+                false
+            )]
+        );
+    }
+}
