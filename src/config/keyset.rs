@@ -101,6 +101,8 @@ pub enum KeyStoreConfig {
 
 #[derive(Debug, Clone)]
 pub struct VaultConfig {
+    /// The configuration section that owns these settings (`keyset`, `mail`), for messages.
+    pub section: &'static str,
     pub addr: String,
     pub token: Secret,
     /// `<mount>/<path>` as given, without leading or trailing slashes.
@@ -144,7 +146,13 @@ pub(super) fn resolve(
             secrets: lookup("HMAC_SECRETS").map(Secret::new),
             secret: lookup("HMAC_SECRET").map(Secret::new),
         },
-        "vault" => KeyStoreConfig::Vault(resolve_vault(&section.vault, lookup, at, problems)),
+        "vault" => KeyStoreConfig::Vault(resolve_vault(
+            &section.vault,
+            VaultOwner::KEYSET,
+            lookup,
+            at,
+            problems,
+        )),
         other => {
             let origin = if section.store.is_some() {
                 format!("keyset.store `{other}`")
@@ -249,29 +257,67 @@ fn relative_to(base_dir: &Path, path: &str) -> PathBuf {
     }
 }
 
-fn resolve_vault(
+/// Who a `[<section>.vault]` table belongs to: its name in messages, and whether the
+/// runbook's `VAULT_KV_PATH` names its secret.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct VaultOwner {
+    pub section: &'static str,
+    /// What is stored there, e.g. "key store".
+    pub what: &'static str,
+    pub kv_path_variable: Option<&'static str>,
+    /// An example secret path for messages.
+    pub example_path: &'static str,
+}
+
+impl VaultOwner {
+    pub const KEYSET: VaultOwner = VaultOwner {
+        section: "keyset",
+        what: "key store",
+        kv_path_variable: Some("VAULT_KV_PATH"),
+        example_path: "secret/opsplan/hmac",
+    };
+
+    /// The mail settings have no runbook variable for their path: `VAULT_KV_PATH` names
+    /// the key set's secret, and one document cannot hold both.
+    pub const MAIL: VaultOwner = VaultOwner {
+        section: "mail",
+        what: "settings store",
+        kv_path_variable: None,
+        example_path: "secret/opsplan/mail",
+    };
+}
+
+/// A `[<section>.vault]` table with the runbook's fallbacks: `VAULT_ADDR`, `VAULT_NAMESPACE`,
+/// `VAULT_CACERT`, the owner's path variable, and the token from `VAULT_TOKEN` only.
+pub(super) fn resolve_vault(
     section: &VaultSection,
+    owner: VaultOwner,
     lookup: &impl Fn(&str) -> Option<String>,
     at: &impl Fn(&Range<usize>) -> Option<Location>,
     problems: &mut Diagnostics,
 ) -> VaultConfig {
+    let name = owner.section;
+    let what = owner.what;
     let env = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-    let value = |setting: &Option<Spanned<String>>, variable: &str| {
+    let value = |setting: &Option<Spanned<String>>, variable: Option<&str>| {
         setting
             .as_ref()
             .map(|s| s.get_ref().trim().to_string())
             .filter(|s| !s.is_empty())
-            .or_else(|| env(variable).map(|v| v.trim().to_string()))
+            .or_else(|| variable.and_then(env).map(|v| v.trim().to_string()))
     };
 
-    let addr = value(&section.addr, "VAULT_ADDR").unwrap_or_default();
+    let addr = value(&section.addr, Some("VAULT_ADDR")).unwrap_or_default();
     if addr.is_empty() {
         problems.push(located(
             None,
-            "the vault key store needs an address: VAULT_ADDR is not set and keyset.vault.addr \
-             is empty"
-                .to_string(),
-            Some("export VAULT_ADDR=https://vault.example:8200 or set keyset.vault.addr"),
+            format!(
+                "the vault {what} needs an address: VAULT_ADDR is not set and {name}.vault.addr \
+                 is empty"
+            ),
+            Some(&format!(
+                "export VAULT_ADDR=https://vault.example:8200 or set {name}.vault.addr"
+            )),
         ));
     } else if !(addr.starts_with("http://") || addr.starts_with("https://")) {
         let span = section.addr.as_ref().map(|s| s.span());
@@ -286,23 +332,28 @@ fn resolve_vault(
     if token.is_empty() {
         problems.push(located(
             None,
-            "the vault key store needs a token: VAULT_TOKEN is not set".to_string(),
-            Some("export VAULT_TOKEN with a token whose policy can read and write the key path"),
+            format!("the vault {what} needs a token: VAULT_TOKEN is not set"),
+            Some("export VAULT_TOKEN with a token whose policy can read and write the secret path"),
         ));
     }
 
-    let kv_path = value(&section.kv_path, "VAULT_KV_PATH")
+    let kv_path = value(&section.kv_path, owner.kv_path_variable)
         .unwrap_or_default()
         .trim_matches('/')
         .to_string();
     if kv_path.is_empty() || !kv_path.contains('/') {
         let span = section.kv_path.as_ref().map(|s| s.span());
+        let hint = match owner.kv_path_variable {
+            Some(variable) => format!("set {variable} or {name}.vault.kv_path"),
+            None => format!("set {name}.vault.kv_path"),
+        };
         problems.push(located(
             span.as_ref().and_then(at),
             format!(
-                "the Vault secret path `{kv_path}` must be <mount>/<path>, e.g. secret/opsplan/hmac"
+                "the Vault secret path `{kv_path}` must be <mount>/<path>, e.g. {}",
+                owner.example_path
             ),
-            Some("set VAULT_KV_PATH or keyset.vault.kv_path"),
+            Some(&hint),
         ));
     }
 
@@ -311,37 +362,46 @@ fn resolve_vault(
         Some(setting) => match setting.get_ref() {
             KvVersionSetting::Number(1) => KvVersion::V1,
             KvVersionSetting::Number(2) => KvVersion::V2,
-            KvVersionSetting::Name(name) => match name.trim() {
+            KvVersionSetting::Name(shown) => match shown.trim() {
                 "auto" => KvVersion::Auto,
                 "1" => KvVersion::V1,
                 "2" => KvVersion::V2,
                 _ => {
-                    problems.push(kv_version_problem(at(&setting.span()), name));
+                    problems.push(kv_version_problem(at(&setting.span()), name, shown));
                     KvVersion::Auto
                 }
             },
             KvVersionSetting::Number(n) => {
-                problems.push(kv_version_problem(at(&setting.span()), &n.to_string()));
+                problems.push(kv_version_problem(
+                    at(&setting.span()),
+                    name,
+                    &n.to_string(),
+                ));
                 KvVersion::Auto
             }
         },
     };
 
     VaultConfig {
+        section: name,
         addr: addr.trim_end_matches('/').to_string(),
         token,
         kv_path,
-        namespace: value(&section.namespace, "VAULT_NAMESPACE")
+        namespace: value(&section.namespace, Some("VAULT_NAMESPACE"))
             .map(|ns| ns.trim_matches('/').to_string()),
-        cacert: value(&section.cacert, "VAULT_CACERT").map(PathBuf::from),
+        cacert: value(&section.cacert, Some("VAULT_CACERT")).map(PathBuf::from),
         kv_version,
     }
 }
 
-fn kv_version_problem(location: Option<Location>, shown: &str) -> crate::diagnostic::Diagnostic {
+fn kv_version_problem(
+    location: Option<Location>,
+    section: &str,
+    shown: &str,
+) -> crate::diagnostic::Diagnostic {
     located(
         location,
-        format!("keyset.vault.kv_version `{shown}` is not \"auto\", 1 or 2"),
+        format!("{section}.vault.kv_version `{shown}` is not \"auto\", 1 or 2"),
         Some("leave it out to detect the mount's version, or write kv_version = 1 or 2"),
     )
 }

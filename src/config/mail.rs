@@ -12,6 +12,7 @@ use lettre::message::Mailbox;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use super::keyset::{VaultConfig, VaultOwner, VaultSection, resolve_vault};
 use super::located;
 use crate::diagnostic::{Diagnostics, Location};
 use crate::secret::{Secret, SecretUrl};
@@ -49,6 +50,8 @@ pub struct MailSection {
     pub store_path: Option<Spanned<String>>,
     pub queue: Option<QueueSection>,
     pub depends_on: Vec<Spanned<String>>,
+    /// `[mail.vault]`, read when `store = "vault"`.
+    pub vault: VaultSection,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -143,11 +146,11 @@ impl TlsMode {
     }
 }
 
-/// Where the published settings live. Only the file exists so far; the section's `store`
-/// key is where other back ends plug in.
+/// Where the published settings live.
 #[derive(Debug, Clone)]
 pub enum MailStoreConfig {
     File { path: PathBuf, display: String },
+    Vault(VaultConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -277,7 +280,7 @@ pub(super) fn resolve(
         mailbox(text, "mail.verify_to", place(&Some(value.span())), problems)
     });
 
-    let store = resolve_store(&section, base_dir, at, problems);
+    let store = resolve_store(&section, base_dir, lookup, at, problems);
     let queue = section
         .queue
         .as_ref()
@@ -465,21 +468,26 @@ fn resolve_smtp(
 fn resolve_store(
     section: &MailSection,
     base_dir: &Path,
+    lookup: &impl Fn(&str) -> Option<String>,
     at: &impl Fn(&Range<usize>) -> Option<Location>,
     problems: &mut Diagnostics,
 ) -> MailStoreConfig {
     if let Some(store) = &section.store {
         match store.get_ref().trim() {
             "file" => {}
-            "vault" => problems.push(located(
-                at(&store.span()),
-                "mail.store = \"vault\" is not available in this version of opsplan".to_string(),
-                Some("use store = \"file\" (the default) for now"),
-            )),
+            "vault" => {
+                return MailStoreConfig::Vault(resolve_vault(
+                    &section.vault,
+                    VaultOwner::MAIL,
+                    lookup,
+                    at,
+                    problems,
+                ));
+            }
             other => problems.push(located(
                 at(&store.span()),
                 format!("mail.store `{other}` is not a known settings store"),
-                Some("use store = \"file\""),
+                Some("use store = \"file\" or store = \"vault\""),
             )),
         }
     }
@@ -727,12 +735,61 @@ mod tests {
     }
 
     #[test]
-    fn only_the_file_store_exists_so_far() {
-        let error = parse_with("[mail]\nstore = 'vault'\n", &[]).unwrap_err();
+    fn the_vault_settings_store_reads_the_runbook_variables_but_not_vault_kv_path() {
+        let env = [
+            ("VAULT_ADDR", "https://vault.internal:8200/"),
+            ("VAULT_TOKEN", "hvs.TESTTOKEN123"),
+            ("VAULT_KV_PATH", "kv2/opsplan/hmac"),
+            ("VAULT_NAMESPACE", "team-payments"),
+        ];
+        let config = parse_with(
+            "[mail]\nstore = 'vault'\n[mail.vault]\nkv_path = '/kv2/opsplan/mail/'\n",
+            &env,
+        )
+        .unwrap();
+        let crate::config::MailStoreConfig::Vault(vault) = config.mail.unwrap().store else {
+            panic!("expected the vault store");
+        };
+        assert_eq!(vault.section, "mail");
+        assert_eq!(vault.addr, "https://vault.internal:8200");
+        assert_eq!(vault.kv_path, "kv2/opsplan/mail");
+        assert_eq!(vault.namespace.as_deref(), Some("team-payments"));
+        assert_eq!(vault.token.expose(), "hvs.TESTTOKEN123");
+
+        // VAULT_KV_PATH names the key set's secret, never the mail settings'.
+        let error = parse_with("[mail]\nstore = 'vault'\n", &env).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("the Vault secret path `` must be <mount>/<path>"),
+            "{text}"
+        );
+        assert!(text.contains("set mail.vault.kv_path"), "{text}");
+        let error = parse_with(
+            "[mail]\nstore = 'vault'\n[mail.vault]\nkv_path = 'kv/m'\nkv_version = 3\n",
+            &[],
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("the vault settings store needs an address"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ops.toml:5:14: mail.vault.kv_version `3`"),
+            "{text}"
+        );
+
+        let error = parse_with(
+            "[keyset]\nstore = 'vault'\n[mail]\nstore = 'vault'\n\
+             [mail.vault]\nkv_path = 'kv2/opsplan/hmac'\n",
+            &env,
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()
-                .contains("ops.toml:2:9: mail.store = \"vault\"")
+                .contains("mail.vault.kv_path `kv2/opsplan/hmac` is the key set's secret"),
+            "{error}"
         );
     }
 }

@@ -359,6 +359,22 @@ fn resolve(
     let keyset = raw
         .keyset
         .map(|section| keyset::resolve(section, &base_dir, lookup, &at, problems));
+    if let (Some(mail), Some(keyset)) = (&mail, &keyset)
+        && let (MailStoreConfig::Vault(settings), KeyStoreConfig::Vault(keys)) =
+            (&mail.store, &keyset.store)
+        && (&settings.addr, &settings.namespace, &settings.kv_path)
+            == (&keys.addr, &keys.namespace, &keys.kv_path)
+    {
+        problems.push(located(
+            None,
+            format!(
+                "mail.vault.kv_path `{}` is the key set's secret; each keeps its own \
+                 opsplan_metadata, so they need separate secrets",
+                settings.kv_path
+            ),
+            Some("write another path, e.g. kv_path = \"<mount>/opsplan/mail\""),
+        ));
+    }
 
     Config {
         source,

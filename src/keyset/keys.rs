@@ -75,6 +75,36 @@ pub struct KeyRecord {
 pub struct Metadata {
     pub format: u32,
     pub keys: Vec<KeyRecord>,
+    /// A digest of `keys` as opsplan wrote them, so that an edit by hand shows as drift.
+    /// Absent in metadata written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+impl Metadata {
+    pub fn new(keys: Vec<KeyRecord>) -> Metadata {
+        let digest = Some(records_digest(&keys));
+        Metadata {
+            format: 1,
+            keys,
+            digest,
+        }
+    }
+
+    /// Whether `keys` are still what opsplan wrote; `None` when there is no digest.
+    pub fn intact(&self) -> Option<bool> {
+        self.digest
+            .as_ref()
+            .map(|digest| *digest == records_digest(&self.keys))
+    }
+}
+
+/// `sha256:<hex>` over the records as JSON: ids, states and times, never key material.
+fn records_digest(keys: &[KeyRecord]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"opsplan keyset metadata v1\0");
+    hasher.update(serde_json::to_string(keys).unwrap_or_default().as_bytes());
+    format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
 /// The key set read from a store.
@@ -109,9 +139,8 @@ impl LiveKeys {
         } else {
             fields.remove(SECRET_FIELD);
         }
-        let metadata = Metadata {
-            format: 1,
-            keys: ordered
+        let metadata = Metadata::new(
+            ordered
                 .iter()
                 .map(|k| KeyRecord {
                     id: k.id.clone(),
@@ -120,7 +149,7 @@ impl LiveKeys {
                     since: k.since,
                 })
                 .collect(),
-        };
+        );
         let text = serde_json::to_string(&metadata).unwrap_or_default();
         fields.insert(METADATA_FIELD.to_string(), Secret::new(text));
         fields
@@ -302,13 +331,7 @@ pub fn parse_document(
         }
     }
 
-    for id in records.keys() {
-        if !live.keys.iter().any(|k| &k.id == id) {
-            live.warnings.push(format!(
-                "{METADATA_FIELD} names key {id}, which is not in {SECRETS_FIELD}; it is ignored"
-            ));
-        }
-    }
+    // A key the metadata names but the list lacks is drift (see `drift.rs`), not a warning.
     Ok(live)
 }
 

@@ -7,6 +7,7 @@
 //! and the old primary stays `retired` (verify only) until its tokens have expired. Each
 //! apply moves every key at most one state, and only when it is due.
 
+mod drift;
 mod keys;
 mod lifecycle;
 mod lock;
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{KeyStoreConfig, KeysetConfig};
 use crate::diagnostic::Diagnostics;
-use crate::engine::{Diff, LiveState, LockObserver, Resource, ResourceError};
+use crate::engine::{Diff, DriftItem, LiveState, LockObserver, Resource, ResourceError};
 use crate::graph::Dependency;
 use crate::plan::{Action, Change, Fingerprint};
 use crate::secret::Secret;
@@ -85,6 +86,8 @@ struct Live {
     keys: LiveKeys,
     fingerprint: Fingerprint,
     notes: Vec<String>,
+    /// How the store moved away from what opsplan published.
+    findings: Vec<drift::Finding>,
 }
 
 pub struct KeysetResource {
@@ -137,6 +140,7 @@ impl KeysetResource {
             })?;
         Ok(Live {
             fingerprint: document_fingerprint(document.as_ref()),
+            findings: drift::findings(document.as_ref(), &keys),
             keys,
             notes: self.store.notes(),
         })
@@ -280,9 +284,22 @@ impl Resource for KeysetResource {
             diff.warnings.push(warning);
         }
 
-        let planned = plan_steps(&live.keys, &policy, now, self.force_rotation);
-        if planned.steps.is_empty() {
+        let corrections = self.report_drift(live, &mut diff);
+
+        let mut planned = plan_steps(&live.keys, &policy, now, self.force_rotation);
+        if planned.steps.is_empty() && corrections.is_empty() {
             return Ok(diff);
+        }
+        if !corrections.is_empty() {
+            // Publishing the keys that are left, in opsplan's order and with a fresh record,
+            // is the correction; any due step is carried out in the same write.
+            let repair = "publish the key set again over the edits made outside opsplan";
+            planned.summary = if planned.summary.is_empty() {
+                repair.to_string()
+            } else {
+                format!("{repair}; {}", planned.summary)
+            };
+            planned.attributes.splice(0..0, corrections);
         }
         if let Err(hint) = self.store.check_writable() {
             diff.warnings.push(format!(
@@ -315,6 +332,40 @@ impl Resource for KeysetResource {
 }
 
 impl KeysetResource {
+    /// Puts every finding into `diff.drift`, and the refused ones into `diff.refusals`
+    /// unless `--replace keyset.hmac` accepts the store as it is. Returns the corrections
+    /// that apply makes for the others.
+    fn report_drift(&self, live: &Live, diff: &mut Diff) -> Vec<crate::plan::Attribute> {
+        let mut corrections = Vec::new();
+        for finding in &live.findings {
+            let message = if finding.refused {
+                format!(
+                    "{}: {}; apply refuses to go on from here: put back what opsplan published \
+                     (for Vault, an earlier version of the secret), or run `opsplan apply \
+                     --replace {ADDRESS}` to accept the store as it is{}",
+                    self.store.describe(),
+                    finding.message,
+                    if live.keys.keys.is_empty() {
+                        " and publish a new key set"
+                    } else {
+                        " and start a rotation"
+                    }
+                )
+            } else {
+                format!("{}: {}", self.store.describe(), finding.message)
+            };
+            if finding.refused && !self.force_rotation {
+                diff.refusals.push(message.clone());
+            }
+            diff.drift.push(DriftItem {
+                address: ADDRESS.to_string(),
+                message,
+            });
+            corrections.extend(finding.correction.clone());
+        }
+        corrections
+    }
+
     /// The runbook's variables set beside a store that is not the environment: said when
     /// they name other keys than the store, by id, since the application may read either.
     fn environment_disagreement(&self, live: &LiveKeys) -> Option<String> {

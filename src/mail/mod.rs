@@ -24,11 +24,11 @@ pub use queue::QueueState;
 
 use crate::config::{MailConfig, MailProvider, MailStoreConfig};
 use crate::diagnostic::Diagnostics;
-use crate::engine::{Diff, LiveState, LockObserver, Resource, ResourceError};
+use crate::engine::{Diff, DriftItem, LiveState, LockObserver, Resource, ResourceError};
 use crate::graph::Dependency;
 use crate::plan::{Action, Attribute, Change, Check, Fingerprint};
 use crate::secret::Secret;
-use crate::store::{Document, FileStore, Store};
+use crate::store::{Document, FileStore, Store, StoreError, VaultStore};
 use lock::FileLock;
 use settings::{METADATA_FIELD, Metadata};
 use smtp::{ProbeOutcome, SmtpServer};
@@ -45,8 +45,9 @@ pub const VERIFICATION_SUBJECT: &str = "opsplan mail verification";
 pub struct MailResource {
     config: MailConfig,
     store: Box<dyn Store>,
-    /// Keeps two applies from publishing at once.
-    writer_lock: FileLock,
+    /// Keeps two applies from publishing to the file store at once. Vault needs none: KV v2
+    /// writes are check-and-set, and every store is re-read and compared before a write.
+    writer_lock: Option<FileLock>,
     /// Used when the store holds no salt yet, so that one run compares consistently.
     fresh_salt: Vec<u8>,
     /// `apply --send-verification`: send the message even when nothing changed.
@@ -57,17 +58,20 @@ pub struct MailResource {
 pub struct MailState {
     document: Option<Document>,
     salt: Salt,
+    /// What opsplan last published, field by field, when the document records it.
+    published: Option<BTreeMap<String, String>>,
     probe: Option<ProbeOutcome>,
     queue: Option<Result<QueueState, MailError>>,
 }
 
 impl MailResource {
     pub fn new(config: MailConfig) -> MailResource {
-        let (store, writer_lock): (Box<dyn Store>, FileLock) = match &config.store {
+        let (store, writer_lock): (Box<dyn Store>, Option<FileLock>) = match &config.store {
             MailStoreConfig::File { path, .. } => (
                 Box::new(FileStore::new(path.clone())),
-                FileLock::beside(path),
+                Some(FileLock::beside(path)),
             ),
+            MailStoreConfig::Vault(vault) => (Box::new(VaultStore::new(vault.clone())), None),
         };
         MailResource {
             config,
@@ -95,7 +99,7 @@ impl MailResource {
         }
     }
 
-    async fn read_document(&self) -> Result<(Option<Document>, Salt), MailError> {
+    async fn read_document(&self) -> Result<(Option<Document>, Salt, Option<Metadata>), MailError> {
         let document = self.store.read().await?;
         let metadata =
             match document.as_ref().and_then(|d| d.get(METADATA_FIELD)) {
@@ -107,7 +111,8 @@ impl MailResource {
                 None => None,
             };
         let stored = metadata
-            .and_then(|m| hex::decode(m.fingerprint_salt).ok())
+            .as_ref()
+            .and_then(|m| hex::decode(&m.fingerprint_salt).ok())
             .filter(|salt| !salt.is_empty());
         let salt = match stored {
             Some(bytes) => Salt {
@@ -119,7 +124,7 @@ impl MailResource {
                 stored: false,
             },
         };
-        Ok((document, salt))
+        Ok((document, salt, metadata))
     }
 
     /// The managed fields of a live document, without opsplan's metadata.
@@ -135,9 +140,34 @@ impl MailResource {
             .unwrap_or_default()
     }
 
+    /// Edits made to the published settings outside opsplan, one item per field.
+    fn drift(&self, state: &MailState, live: &BTreeMap<String, Secret>) -> Vec<DriftItem> {
+        let item = |message: String| DriftItem {
+            address: ADDRESS.to_string(),
+            message,
+        };
+        match (&state.document, &state.published) {
+            // A KV v2 secret whose latest version was deleted: opsplan never writes that.
+            (Some(document), _) if document.fields.is_empty() && document.version.is_some() => {
+                vec![item(format!(
+                    "the published settings were deleted from {} (latest version {} has no \
+                     data)",
+                    self.store.describe(),
+                    document.version.unwrap_or_default()
+                ))]
+            }
+            (Some(_), Some(published)) => settings::edits(live, published, &state.salt.bytes)
+                .into_iter()
+                .map(item)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     fn compare(&self, state: &MailState) -> Diff {
         let mut diff = Diff::default();
         let live = Self::live_fields(state.document.as_ref());
+        let version = state.document.as_ref().and_then(|d| d.version);
 
         diff.live_summary = match (&state.document, live.get("MAIL_PROVIDER")) {
             (None, _) => "no settings published yet".to_string(),
@@ -191,15 +221,27 @@ impl MailResource {
             }
         }
 
+        diff.drift = self.drift(state, &live);
+
         let desired = settings::desired_fields(&self.config);
         let attributes = settings::attributes(&live, &desired, &state.salt.bytes);
-        let settings_change = !attributes.is_empty() || state.document.is_none();
+        // Drift that already matches the configuration is still published again, so that
+        // opsplan's record of what it published matches the store once more.
+        let settings_change =
+            !attributes.is_empty() || state.document.is_none() || !diff.drift.is_empty();
         if settings_change {
             let store = self.store.describe();
             let (action, summary) = match &state.document {
                 None => (
                     Action::Create,
                     format!("publish the mail settings to {store}"),
+                ),
+                Some(_) if !diff.drift.is_empty() => (
+                    Action::Update,
+                    format!(
+                        "publish the mail settings to {store} again, over the edits made \
+                         outside opsplan"
+                    ),
                 ),
                 Some(_) => (
                     Action::Update,
@@ -212,8 +254,14 @@ impl MailResource {
                 summary,
                 attributes,
                 data: serde_json::json!({
-                    "live_fingerprint": settings::fingerprint(&live, state.salt.stored()).0,
+                    "live_fingerprint": settings::fingerprint(
+                        &live,
+                        state.salt.stored(),
+                        version,
+                    )
+                    .0,
                     "document_exists": state.document.is_some(),
+                    "expected_version": version,
                 }),
             });
         }
@@ -253,14 +301,34 @@ impl MailResource {
             }
         }
 
-        let (document, salt) = self.read_document().await?;
+        let (document, salt, _) = self.read_document().await?;
         let live = Self::live_fields(document.as_ref());
-        let found = settings::fingerprint(&live, salt.stored()).0;
+        let version = document.as_ref().and_then(|d| d.version);
+        let found = settings::fingerprint(&live, salt.stored(), version).0;
         let expected = change
             .data
             .get("live_fingerprint")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
+        // The version read at plan time: a KV v2 write is check-and-set against it.
+        let expected_version = change
+            .data
+            .get("expected_version")
+            .and_then(serde_json::Value::as_u64);
+        if let Some(found_version) = version
+            && expected_version != Some(found_version)
+        {
+            return Err(StoreError::Conflict {
+                store: self.store.describe(),
+                path: "the mail settings".to_string(),
+                expected: match expected_version {
+                    Some(v) => v.to_string(),
+                    None => "0 (no secret)".to_string(),
+                },
+                found: found_version.to_string(),
+            }
+            .into());
+        }
         if found != expected {
             return Err(MailError::StoreChanged {
                 store: self.store.describe(),
@@ -283,14 +351,13 @@ impl MailResource {
             managed_by: "opsplan".to_string(),
             fingerprint_salt: hex::encode(&salt.bytes),
             updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            published: settings::published_record(&fields, &salt.bytes),
         };
         fields.insert(
             METADATA_FIELD.to_string(),
             Secret::new(serde_json::to_string(&metadata).expect("metadata serializes")),
         );
-        self.store
-            .write(&fields, document.as_ref().and_then(|d| d.version))
-            .await?;
+        self.store.write(&fields, expected_version).await?;
         tracing::debug!(store = %self.store.describe(), published, "mail settings written");
         Ok(format!(
             "{published} setting(s) published to {}",
@@ -380,11 +447,16 @@ impl Resource for MailResource {
         timeout: Duration,
         observer: &dyn LockObserver,
     ) -> Result<(), ResourceError> {
-        Ok(self.writer_lock.lock(timeout, observer, ADDRESS).await?)
+        if let Some(lock) = &self.writer_lock {
+            lock.lock(timeout, observer, ADDRESS).await?;
+        }
+        Ok(())
     }
 
     async fn unlock(&self) {
-        self.writer_lock.unlock();
+        if let Some(lock) = &self.writer_lock {
+            lock.unlock();
+        }
     }
 
     async fn read(&self) -> Result<LiveState, ResourceError> {
@@ -408,10 +480,13 @@ impl Resource for MailResource {
             }
         };
         let (document, probe, queue) = tokio::join!(self.read_document(), probe, queue);
-        let (document, salt) = document?;
+        let (document, salt, metadata) = document?;
         Ok(Box::new(MailState {
             document,
             salt,
+            published: metadata
+                .map(|m| m.published)
+                .filter(|published| !published.is_empty()),
             probe,
             queue,
         }))
@@ -421,9 +496,11 @@ impl Resource for MailResource {
         let state = expect_state(live);
         match &state.document {
             None => Fingerprint::absent(),
-            Some(document) => {
-                settings::fingerprint(&Self::live_fields(Some(document)), state.salt.stored())
-            }
+            Some(document) => settings::fingerprint(
+                &Self::live_fields(Some(document)),
+                state.salt.stored(),
+                document.version,
+            ),
         }
     }
 

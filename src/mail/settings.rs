@@ -54,6 +54,10 @@ pub struct Metadata {
     /// Hex salt of the keyed fingerprints; random per store.
     pub fingerprint_salt: String,
     pub updated_at: String,
+    /// What opsplan published, field by field: the keyed fingerprint of each managed field
+    /// that was set. Compared with the live document to find edits made outside opsplan.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub published: BTreeMap<String, String>,
 }
 
 /// The fields the configuration asks for, by variable name.
@@ -162,7 +166,11 @@ fn sensitive_attribute(
 /// hand) has its secret fields counted as present only: a salt made up by this process
 /// would give another process another digest, and an unkeyed hash would let a saved plan
 /// be used to guess the password.
-pub fn fingerprint(live: &BTreeMap<String, Secret>, stored_salt: Option<&[u8]>) -> Fingerprint {
+pub fn fingerprint(
+    live: &BTreeMap<String, Secret>,
+    stored_salt: Option<&[u8]>,
+    version: Option<u64>,
+) -> Fingerprint {
     let sensitive = |name: &str| FIELDS.iter().any(|f| f.variable == name && f.sensitive);
     let parts: Vec<String> = live
         .iter()
@@ -172,9 +180,67 @@ pub fn fingerprint(live: &BTreeMap<String, Secret>, stored_salt: Option<&[u8]>) 
             (false, _) => format!("{name}={}", value.expose()),
         })
         .collect();
+    // A back end's version (KV v2) counts too: a rewrite of the same values is still a
+    // write that a saved plan did not see.
+    let version = version.map(|v| format!("version={v}"));
     Fingerprint::of(
-        std::iter::once(b"mail.settings".as_slice()).chain(parts.iter().map(|p| p.as_bytes())),
+        std::iter::once(b"mail.settings".as_slice())
+            .chain(parts.iter().map(|p| p.as_bytes()))
+            .chain(version.iter().map(|v| v.as_bytes())),
     )
+}
+
+/// The keyed fingerprint of every managed field that is set: what `published` records.
+pub fn published_record(
+    fields: &BTreeMap<String, Secret>,
+    salt: &[u8],
+) -> BTreeMap<String, String> {
+    FIELDS
+        .iter()
+        .filter_map(|field| {
+            fields
+                .get(field.variable)
+                .map(|value| (field.variable.to_string(), keyed_fingerprint(salt, value)))
+        })
+        .collect()
+}
+
+/// How the live document moved away from what opsplan published, one line per field. A
+/// secret field is named, never shown; another field shows its new value.
+pub fn edits(
+    live: &BTreeMap<String, Secret>,
+    published: &BTreeMap<String, String>,
+    salt: &[u8],
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for field in FIELDS {
+        let now = live.get(field.variable);
+        let then = published.get(field.variable);
+        let shown = |value: &Secret| {
+            if field.sensitive {
+                String::new()
+            } else {
+                format!(" (now `{}`)", value.expose())
+            }
+        };
+        let line = match (then, now) {
+            (None, None) => None,
+            (Some(then), Some(now)) if *then == keyed_fingerprint(salt, now) => None,
+            (Some(_), Some(now)) => Some(format!(
+                "{} changed outside opsplan{}",
+                field.variable,
+                shown(now)
+            )),
+            (Some(_), None) => Some(format!("{} removed outside opsplan", field.variable)),
+            (None, Some(now)) => Some(format!(
+                "{} added outside opsplan{}",
+                field.variable,
+                shown(now)
+            )),
+        };
+        found.extend(line);
+    }
+    found
 }
 
 #[cfg(test)]
@@ -221,6 +287,35 @@ mod tests {
             &salt,
         );
         assert!(attributes.is_empty());
+    }
+
+    #[test]
+    fn edits_name_each_field_and_never_a_password() {
+        let salt = new_salt();
+        let published = published_record(
+            &live(&[
+                ("SMTP_HOST", "a"),
+                ("SMTP_PASS", "old-secret"),
+                ("SMTP_USER", "u"),
+            ]),
+            &salt,
+        );
+        let now = live(&[
+            ("SMTP_HOST", "b"),
+            ("SMTP_PASS", "new-secret"),
+            ("MAIL_QUEUE_KEY", "q"),
+            ("UNMANAGED", "x"),
+        ]);
+        assert_eq!(
+            edits(&now, &published, &salt),
+            [
+                "SMTP_HOST changed outside opsplan (now `b`)",
+                "SMTP_USER removed outside opsplan",
+                "SMTP_PASS changed outside opsplan",
+                "MAIL_QUEUE_KEY added outside opsplan (now `q`)",
+            ]
+        );
+        assert!(edits(&now, &published_record(&now, &salt), &salt).is_empty());
     }
 
     #[test]

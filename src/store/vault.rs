@@ -156,10 +156,11 @@ impl VaultStore {
                         let denied = matches!(error, ClientError::APIError { code: 403, .. });
                         let mut failure = self.failure("GET", &api, error, false);
                         if denied && let StoreError::Backend { message, .. } = &mut failure {
-                            message.push_str(
+                            message.push_str(&format!(
                                 "; opsplan asks this endpoint for the mount's KV version: grant \
-                                 read on it, or set keyset.vault.kv_version = 1 or 2",
-                            );
+                                 read on it, or set {}.vault.kv_version = 1 or 2",
+                                self.config.section
+                            ));
                         }
                         failure
                     })?;
@@ -276,7 +277,7 @@ impl Store for VaultStore {
                     .map_err(|error| self.invalid(error.to_string()))?;
                 match vaultrs::api::exec_with_result(self.client()?, request).await {
                     Ok(response) => (response.data, Some(response.metadata.version)),
-                    Err(ClientError::APIError { code: 404, .. }) => {
+                    Err(error) if not_found(&error) => {
                         // A deleted latest version still has a version number, which the
                         // next check-and-set write must name.
                         return Ok(self
@@ -378,6 +379,18 @@ impl VaultStore {
             message,
         }
     }
+}
+
+/// A 404: with Vault's error list, or (a deleted KV v2 version) with the version's
+/// metadata instead, which the client cannot read as an error list.
+fn not_found(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::APIError { code: 404, .. }
+            | ClientError::RestClientError {
+                source: rustify::errors::ClientError::ServerResponseError { code: 404, .. },
+            }
+    )
 }
 
 /// Vault's error list on one line: "1 error occurred:\n\t* permission denied\n\n" reads
