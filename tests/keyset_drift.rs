@@ -103,7 +103,7 @@ fn a_pending_key_removed_by_hand_from_the_file_is_drift_that_apply_records() {
 
     let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
     plan.expect_code(2).expect_contains(&format!(
-        "key {pending}  pending (removed outside opsplan) -> forgotten"
+        "key {pending}: pending (removed outside opsplan) -> forgotten"
     ));
     assert_lacks(&plan, &keys);
     opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
@@ -174,7 +174,7 @@ fn hmac_secret_edited_by_hand_is_put_back_and_edited_metadata_is_refused() {
     opsplan(&project, &["plan"])
         .expect_code(0)
         .expect_contains(&format!(
-            "HMAC_SECRET  key {pending} -> key {primary} (value hidden)"
+            "HMAC_SECRET: key {pending} -> key {primary} (value hidden)"
         ));
     opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(key_file(&project)["HMAC_SECRET"], keys[0]);

@@ -626,7 +626,7 @@ fn a_second_apply_waits_for_the_settings_lock_and_names_its_holder() {
         .expect_code(1)
         .expect_contains("Waiting for the mail.settings lock, held by deployer@ci-7 pid 4242")
         .expect_contains(
-            "another opsplan apply holds the mail settings lock ./.opsplan/mail.json.opsplan-lock: \
+            "another opsplan apply holds the mail settings lock .opsplan/mail.json.opsplan-lock: \
              deployer@ci-7 pid 4242 since 2026-01-01T00:00:00Z; waited 1s",
         );
     assert!(!project.path().join(".opsplan/mail.json").exists());

@@ -83,7 +83,7 @@ fn with_password(project: Project, password: &str) -> Project {
 }
 
 /// Publishes to `mount` (KV `version`), then changes only the password: the plan says
-/// `password  changed` and nothing else, and no output ever holds either password.
+/// `password: changed` and nothing else, and no output ever holds either password.
 fn publish_and_change_the_password(version: u8) {
     let Some(bao) = OpenBao::start() else { return };
     let Some(servers) = SmtpServers::start("ops", &[PASSWORD, OTHER_PASSWORD]) else {
@@ -107,7 +107,7 @@ fn publish_and_change_the_password(version: u8) {
             bao.addr, servers.starttls
         ))
         .expect_contains("+ mail.settings")
-        .expect_contains("      password  (sensitive)\n");
+        .expect_contains("      password: (sensitive)\n");
     assert_lacks(&plan, PASSWORD);
 
     let apply = opsplan(&project, &["apply", "--auto-approve"]);
@@ -135,7 +135,7 @@ fn publish_and_change_the_password(version: u8) {
     let project = with_password(project, OTHER_PASSWORD);
     let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
-        .expect_contains("~ mail.settings\n      password  changed\n\n")
+        .expect_contains("~ mail.settings\n      password: changed\n\n")
         .expect_contains("Plan: 0 to add, 1 to change, 0 to destroy.");
     assert_lacks(&plan, PASSWORD);
     assert_lacks(&plan, OTHER_PASSWORD);
@@ -248,7 +248,7 @@ fn vault_settings_edited_by_hand_are_drift() {
     assert_lacks(&drift, PASSWORD);
     let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
-        .expect_contains("      password  changed\n");
+        .expect_contains("      password: changed\n");
     assert_lacks(&plan, "typed-by-hand-not-for-logs");
     opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(bao.kv2_get("secret", "app/mail").1["SMTP_PASS"], PASSWORD);
@@ -318,8 +318,8 @@ fn a_hand_edit_of_the_settings_file_is_drift_that_apply_corrects() {
 
     let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
-        .expect_contains("      provider  smtp -> console\n")
-        .expect_contains("      host      mail.example.net -> (none)");
+        .expect_contains("      provider: smtp -> console\n")
+        .expect_contains("      host:     mail.example.net -> (none)");
     assert_lacks(&plan, "hand-typed-not-for-logs");
     opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
     opsplan(&project, &["drift"])

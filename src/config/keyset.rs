@@ -138,7 +138,7 @@ pub(super) fn resolve(
                 .map(|path| path.get_ref().clone())
                 .unwrap_or_else(|| DEFAULT_KEY_FILE.to_string());
             KeyStoreConfig::File {
-                path: relative_to(base_dir, &display),
+                path: super::relative_to(base_dir, &display),
                 display,
             }
         }
@@ -244,16 +244,6 @@ pub(super) fn resolve(
             .iter()
             .map(|dep| (dep.get_ref().clone(), at(&dep.span())))
             .collect(),
-    }
-}
-
-/// `path` read from a file in `base_dir`; `.opsplan/keys.json` stays as written when the
-/// file is in the current folder.
-fn relative_to(base_dir: &Path, path: &str) -> PathBuf {
-    if base_dir == Path::new(".") {
-        PathBuf::from(path)
-    } else {
-        base_dir.join(path)
     }
 }
 

@@ -498,7 +498,7 @@ fn resolve_store(
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| DEFAULT_MAIL_STORE_PATH.to_string());
     MailStoreConfig::File {
-        path: base_dir.join(&display),
+        path: super::relative_to(base_dir, &display),
         display,
     }
 }

@@ -548,6 +548,16 @@ pub fn known_sections() -> BTreeSet<&'static str> {
     .collect()
 }
 
+/// `path` as read from a configuration in `base_dir`; a relative path such as
+/// `.opsplan/keys.json` stays as written when the configuration is in the current folder.
+pub(crate) fn relative_to(base_dir: &Path, path: &str) -> PathBuf {
+    if base_dir == Path::new(".") {
+        PathBuf::from(path)
+    } else {
+        base_dir.join(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
