@@ -16,6 +16,20 @@ pub struct Dependency {
     pub declared_at: Option<Location>,
 }
 
+impl Dependency {
+    /// The edges a section's `depends_on` list declares for the resource at `from`.
+    pub fn declared(from: &str, depends_on: &[(String, Option<Location>)]) -> Vec<Dependency> {
+        depends_on
+            .iter()
+            .map(|(to, at)| Dependency {
+                from: from.to_string(),
+                to: to.clone(),
+                declared_at: at.clone(),
+            })
+            .collect()
+    }
+}
+
 /// The dependency graph over resource addresses. Edges point from a dependency to the
 /// resources that need it, so a topological order is an apply order.
 #[derive(Debug, Clone)]

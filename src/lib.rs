@@ -13,6 +13,7 @@ pub mod diagnostic;
 pub mod engine;
 pub mod graph;
 pub mod keyset;
+pub mod lock;
 pub mod mail;
 pub mod metrics;
 pub mod plan;

@@ -183,7 +183,7 @@ fn a_second_apply_waits_for_the_file_lock_and_names_its_holder() {
     apply(&project, &[]);
     let mut held = std::fs::OpenOptions::new()
         .write(true)
-        .open(project.path().join(".opsplan/keys.json.lock"))
+        .open(project.path().join(".opsplan/keys.json.opsplan-lock"))
         .unwrap();
     held.lock().unwrap();
     writeln!(held, "ops@bastion pid 4242 since 2026-01-01T00:00:00Z").unwrap();
@@ -395,7 +395,9 @@ fn killed_apply_never_loses_the_previous_primary() {
             let name = leftover.unwrap().file_name();
             let name = name.to_string_lossy();
             assert!(
-                name == "keys.json" || name.starts_with(".opsplan-") || name.ends_with(".lock"),
+                name == "keys.json"
+                    || name.starts_with(".opsplan-")
+                    || name.ends_with(".opsplan-lock"),
                 "unexpected file {name}"
             );
         }

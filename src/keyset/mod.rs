@@ -22,6 +22,7 @@ use crate::config::{KeyStoreConfig, KeysetConfig};
 use crate::diagnostic::Diagnostics;
 use crate::engine::{Diff, DriftItem, LiveState, LockObserver, Resource, ResourceError};
 use crate::graph::Dependency;
+use crate::lock::FileLock;
 use crate::plan::{Action, Change, Fingerprint};
 use crate::secret::Secret;
 use crate::store::{Document, EnvStore, FileStore, Store, StoreError, VaultStore};
@@ -96,7 +97,7 @@ pub struct KeysetResource {
     /// `--replace keyset.hmac`: rotate now, whatever the policy says.
     force_rotation: bool,
     /// The file store's writer lock; other stores have none.
-    lock: Option<lock::FileLock>,
+    lock: Option<FileLock>,
 }
 
 impl KeysetResource {
@@ -112,7 +113,7 @@ impl KeysetResource {
         force_rotation: bool,
     ) -> KeysetResource {
         let lock = match &config.store {
-            KeyStoreConfig::File { path, .. } => Some(lock::FileLock::beside(path)),
+            KeyStoreConfig::File { path, .. } => Some(FileLock::beside(path)),
             _ => None,
         };
         KeysetResource {
@@ -205,15 +206,7 @@ impl Resource for KeysetResource {
     }
 
     fn dependencies(&self) -> Vec<Dependency> {
-        self.config
-            .depends_on
-            .iter()
-            .map(|(to, at)| Dependency {
-                from: ADDRESS.to_string(),
-                to: to.clone(),
-                declared_at: at.clone(),
-            })
-            .collect()
+        Dependency::declared(ADDRESS, &self.config.depends_on)
     }
 
     fn validate(&self) -> Diagnostics {
@@ -226,7 +219,7 @@ impl Resource for KeysetResource {
         observer: &dyn LockObserver,
     ) -> Result<(), ResourceError> {
         if let Some(lock) = &self.lock {
-            lock.acquire(timeout, observer, ADDRESS)
+            lock::acquire(lock, timeout, observer, ADDRESS)
                 .await
                 .map_err(KeysetError::from)?;
         }

@@ -26,10 +26,10 @@ use crate::config::{MailConfig, MailProvider, MailStoreConfig};
 use crate::diagnostic::Diagnostics;
 use crate::engine::{Diff, DriftItem, LiveState, LockObserver, Resource, ResourceError};
 use crate::graph::Dependency;
+use crate::lock::FileLock;
 use crate::plan::{Action, Attribute, Change, Check, Fingerprint};
 use crate::secret::Secret;
 use crate::store::{Document, FileStore, Store, StoreError, VaultStore};
-use lock::FileLock;
 use settings::{METADATA_FIELD, Metadata};
 use smtp::{ProbeOutcome, SmtpServer};
 
@@ -426,15 +426,7 @@ impl Resource for MailResource {
     }
 
     fn dependencies(&self) -> Vec<Dependency> {
-        self.config
-            .depends_on
-            .iter()
-            .map(|(to, at)| Dependency {
-                from: ADDRESS.to_string(),
-                to: to.clone(),
-                declared_at: at.clone(),
-            })
-            .collect()
+        Dependency::declared(ADDRESS, &self.config.depends_on)
     }
 
     fn validate(&self) -> Diagnostics {
@@ -448,14 +440,14 @@ impl Resource for MailResource {
         observer: &dyn LockObserver,
     ) -> Result<(), ResourceError> {
         if let Some(lock) = &self.writer_lock {
-            lock.lock(timeout, observer, ADDRESS).await?;
+            lock::acquire(lock, timeout, observer, ADDRESS).await?;
         }
         Ok(())
     }
 
     async fn unlock(&self) {
         if let Some(lock) = &self.writer_lock {
-            lock.unlock();
+            lock.release();
         }
     }
 

@@ -4,7 +4,6 @@
 //! named lock belong to that connection's session, so they are released by the server the
 //! moment the process dies, and a killed apply never leaves a lock behind.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::Dialect;
 use super::error::SchemaError;
 use crate::engine::LockObserver;
+use crate::lock::{FileLock, holder_description, operator};
 use crate::secret::SecretUrl;
 
 /// One row of the history table.
@@ -111,7 +111,8 @@ pub struct Database {
     url: SecretUrl,
     table: String,
     connection: Mutex<Option<AnyConnection>>,
-    lock_file: Mutex<Option<File>>,
+    /// SQLite's writer lock, a file beside the database; servers use their own locks.
+    file_lock: Option<FileLock>,
     locked: Mutex<bool>,
 }
 
@@ -120,12 +121,17 @@ static DRIVERS: Once = Once::new();
 impl Database {
     pub fn new(url: SecretUrl, table: String) -> Database {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let dialect = Dialect::from_url(url.expose());
+        let file_lock = match dialect {
+            Dialect::Sqlite => sqlite_path(url.expose()).map(|path| FileLock::beside(&path)),
+            Dialect::Postgres | Dialect::MySql => None,
+        };
         Database {
-            dialect: Dialect::from_url(url.expose()),
+            dialect,
             url,
             table,
             connection: Mutex::new(None),
-            lock_file: Mutex::new(None),
+            file_lock,
             locked: Mutex::new(false),
         }
     }
@@ -144,12 +150,7 @@ impl Database {
     }
 
     fn sqlite_path(&self) -> Option<PathBuf> {
-        let url = self.url.expose();
-        let rest = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))?;
-        let path = rest.split('?').next().unwrap_or_default();
-        (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+        sqlite_path(self.url.expose())
     }
 
     fn query_error(&self, action: &str, source: sqlx::Error) -> SchemaError {
@@ -321,9 +322,8 @@ impl Database {
         }
         match self.dialect {
             Dialect::Sqlite => {
-                if let Some(file) = self.lock_file.lock().await.take() {
-                    let _ = file.set_len(0);
-                    let _ = file.unlock();
+                if let Some(lock) = &self.file_lock {
+                    lock.release();
                 }
             }
             Dialect::Postgres | Dialect::MySql => {
@@ -342,52 +342,23 @@ impl Database {
 
     /// `Ok(None)` when the lock was taken, `Ok(Some(holder))` when someone else has it.
     async fn try_lock_sqlite(&self) -> Result<Option<String>, SchemaError> {
-        let Some(db_path) = self.sqlite_path() else {
+        let Some(lock) = &self.file_lock else {
             return Ok(None);
         };
-        let mut lock_path = db_path.clone().into_os_string();
-        lock_path.push(".opsplan-lock");
-        let lock_path = PathBuf::from(lock_path);
-        if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| SchemaError::CreateFolder {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| SchemaError::LockFile {
-                path: lock_path.clone(),
-                source,
-            })?;
-        match file.try_lock() {
-            Ok(()) => {
-                use std::io::Write;
-                let mut file = file;
-                let _ = file.set_len(0);
-                let _ = writeln!(file, "{}", holder_description());
-                *self.lock_file.lock().await = Some(file);
+        let holder = lock.try_take().map_err(|source| SchemaError::LockFile {
+            path: lock.path().to_path_buf(),
+            source,
+        })?;
+        match holder {
+            Some(holder) => Ok(Some(format!(
+                "{holder} (lock file {})",
+                lock.path().display()
+            ))),
+            None => {
                 // The database is created only once we are the writer.
                 drop(self.connection(true).await?);
                 Ok(None)
             }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
-                let holder = holder.trim();
-                Ok(Some(if holder.is_empty() {
-                    format!("a process holding {}", lock_path.display())
-                } else {
-                    format!("{holder} (lock file {})", lock_path.display())
-                }))
-            }
-            Err(std::fs::TryLockError::Error(source)) => Err(SchemaError::LockFile {
-                path: lock_path,
-                source,
-            }),
         }
     }
 
@@ -758,21 +729,13 @@ fn lock_key(table: &str) -> i32 {
     i32::from_be_bytes([digest[0] & 0x7f, digest[1], digest[2], digest[3]])
 }
 
-/// Who is running, as `user@host`.
-pub fn operator() -> String {
-    let user = whoami::username().unwrap_or_else(|_| "unknown".to_string());
-    let host = whoami::hostname().unwrap_or_else(|_| "unknown-host".to_string());
-    format!("{user}@{host}")
-}
-
-/// Who holds a lock: `user@host pid N since TIME`.
-pub fn holder_description() -> String {
-    format!(
-        "{} pid {} since {}",
-        operator(),
-        std::process::id(),
-        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-    )
+/// The file a `sqlite:` URL names; `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
 }
 
 fn history_row(row: &AnyRow) -> Result<AppliedMigration, sqlx::Error> {

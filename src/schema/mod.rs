@@ -512,15 +512,7 @@ impl Resource for SchemaResource {
     }
 
     fn dependencies(&self) -> Vec<Dependency> {
-        self.config
-            .depends_on
-            .iter()
-            .map(|(to, at)| Dependency {
-                from: ADDRESS.to_string(),
-                to: to.clone(),
-                declared_at: at.clone(),
-            })
-            .collect()
+        Dependency::declared(ADDRESS, &self.config.depends_on)
     }
 
     fn validate(&self) -> Diagnostics {
