@@ -479,7 +479,7 @@ fn verification_failure_restores_the_previous_state() {
 }
 
 #[test]
-fn unreachable_prometheus_fails_the_apply_and_leaves_no_file() {
+fn unreachable_prometheus_refuses_the_plan_and_leaves_no_file() {
     let project = Project::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -492,20 +492,16 @@ fn unreachable_prometheus_fails_the_apply_and_leaves_no_file() {
     ));
     let rules: &[(&str, &str)] = &[("AuthDown", "up == 0")];
     project.write("ops/alerts/auth.yml", &rule_file(&[("auth", rules)]));
-    project
-        .run(&["plan"])
-        .expect_code(0)
-        .expect_contains(&format!(
-            "check prometheus: FAILED (Prometheus at http://127.0.0.1:{port}/api/v1/rules did \
-             not answer"
-        ));
-    project
-        .run(&["apply", "--auto-approve"])
-        .expect_code(1)
-        .expect_contains(&format!(
-            "Prometheus at http://127.0.0.1:{port}/-/reload did not answer"
-        ))
-        .expect_contains("was restored");
+    for command in [&["plan"][..], &["apply", "--auto-approve"]] {
+        project
+            .run(command)
+            .expect_code(1)
+            .expect_contains(&format!(
+                "check prometheus: FAILED (Prometheus at http://127.0.0.1:{port}/api/v1/rules \
+                 did not answer"
+            ))
+            .expect_contains("start Prometheus with --web.enable-lifecycle");
+    }
     assert!(!project.path().join(".opsplan/rules/auth.yml").exists());
 }
 

@@ -38,6 +38,16 @@ pub enum AlertsError {
         source: Box<ureq::Error>,
     },
 
+    #[error(
+        "Prometheus at {address} did not answer within {}; check that it is up and \
+         answering there, or raise alerts.timeout",
+        humantime::format_duration(*after)
+    )]
+    TimedOut {
+        address: String,
+        after: std::time::Duration,
+    },
+
     #[error("Prometheus at {address} refused the reload (HTTP {status}): {body}")]
     Reload {
         address: String,

@@ -123,7 +123,7 @@ impl AlertsResource {
     fn api(&self) -> Option<PrometheusApi> {
         match &self.config.target {
             AlertsTarget::File => None,
-            AlertsTarget::Prometheus { url } => Some(PrometheusApi::new(url)),
+            AlertsTarget::Prometheus { url, timeout } => Some(PrometheusApi::new(url, *timeout)),
         }
     }
 
@@ -287,6 +287,14 @@ impl AlertsResource {
     fn changes_to_desired(&self, live: &LiveRules) -> Diff {
         let mut diff = Diff::default();
         diff.checks.extend(live.probe.clone());
+        // Apply would write the files and then fail to reload them: refuse before that.
+        if let Some(probe) = live.probe.as_ref().filter(|probe| !probe.passed) {
+            diff.refusals.push(format!(
+                "{}; start Prometheus with --web.enable-lifecycle at alerts.prometheus_url, or \
+                 raise alerts.timeout if it is only slow",
+                probe.detail
+            ));
+        }
         let live_groups: usize = live.files.values().map(|f| f.groups.len()).sum();
         let live_rules: usize = live
             .files
@@ -930,7 +938,7 @@ impl Resource for AlertsResource {
     fn live_source(&self) -> String {
         match &self.config.target {
             AlertsTarget::File => format!("rule files in {}", self.config.rules_dir_display),
-            AlertsTarget::Prometheus { url } => format!(
+            AlertsTarget::Prometheus { url, .. } => format!(
                 "rule files in {}, loaded by Prometheus at {}",
                 self.config.rules_dir_display,
                 url.redacted()

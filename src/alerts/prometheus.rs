@@ -57,18 +57,20 @@ struct RulesData {
 pub struct PrometheusApi {
     url: SecretUrl,
     agent: ureq::Agent,
+    timeout: Duration,
 }
 
 impl PrometheusApi {
-    pub fn new(url: &SecretUrl) -> PrometheusApi {
+    pub fn new(url: &SecretUrl, timeout: Duration) -> PrometheusApi {
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .build()
             .into();
         PrometheusApi {
             url: url.clone(),
             agent,
+            timeout,
         }
     }
 
@@ -84,17 +86,28 @@ impl PrometheusApi {
         )
     }
 
+    fn http_error(&self, address: &str, source: ureq::Error) -> AlertsError {
+        match source {
+            ureq::Error::Timeout(_) => AlertsError::TimedOut {
+                address: address.to_string(),
+                after: self.timeout,
+            },
+            source => AlertsError::Http {
+                address: address.to_string(),
+                source: Box::new(source),
+            },
+        }
+    }
+
     /// Asks Prometheus to reread its configuration and rule files.
     pub fn reload(&self) -> Result<(), AlertsError> {
-        let address = format!("{}/-/reload", self.url);
-        let mut response =
-            self.agent
-                .post(&address)
-                .send_empty()
-                .map_err(|source| AlertsError::Http {
-                    address: address.clone(),
-                    source: Box::new(source),
-                })?;
+        // Sent to the URL with its credentials; messages show it without them.
+        let (target, address) = self.endpoint("/-/reload");
+        let mut response = self
+            .agent
+            .post(&target)
+            .send_empty()
+            .map_err(|source| self.http_error(&address, source))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -114,18 +127,12 @@ impl PrometheusApi {
             .agent
             .get(&target)
             .call()
-            .map_err(|source| AlertsError::Http {
-                address: address.clone(),
-                source: Box::new(source),
-            })?;
+            .map_err(|source| self.http_error(&address, source))?;
         let status = response.status().as_u16();
         let body = response
             .body_mut()
             .read_to_string()
-            .map_err(|source| AlertsError::Http {
-                address: address.clone(),
-                source: Box::new(source),
-            })?;
+            .map_err(|source| self.http_error(&address, source))?;
         let parsed: RulesResponse =
             serde_json::from_str(&body).map_err(|error| AlertsError::Answer {
                 address: address.clone(),

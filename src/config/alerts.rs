@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -16,6 +17,9 @@ pub const DEFAULT_RULES_DIR: &str = ".opsplan/rules";
 /// The rendered file that holds the inline and built-in groups.
 pub const DEFAULT_NAMESPACE: &str = "opsplan.rules.yml";
 
+/// How long one request to Prometheus may take, unless `alerts.timeout` says otherwise.
+pub const DEFAULT_PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct AlertsSection {
@@ -25,6 +29,8 @@ pub struct AlertsSection {
     pub rules_dir: Spanned<String>,
     /// Prometheus's base URL, for `target = "prometheus"`.
     pub prometheus_url: Option<Spanned<String>>,
+    /// Bounds each request to Prometheus (reload, rules), from connecting to the answer.
+    pub timeout: Option<Spanned<String>>,
     /// Prometheus rule files to include, as glob patterns relative to ops.toml.
     pub include: Vec<Spanned<String>>,
     /// Groups found live but not desired are deleted only when this is true.
@@ -42,6 +48,7 @@ impl Default for AlertsSection {
             target: Spanned::new(0..0, "file".to_string()),
             rules_dir: Spanned::new(0..0, DEFAULT_RULES_DIR.to_string()),
             prometheus_url: None,
+            timeout: None,
             include: Vec::new(),
             fully_managed: false,
             allow_delete_all: false,
@@ -135,7 +142,7 @@ pub enum AlertsTarget {
     /// Rule files on disk, and nothing else.
     File,
     /// Rule files on disk that Prometheus at `url` loads; reloaded and verified.
-    Prometheus { url: SecretUrl },
+    Prometheus { url: SecretUrl, timeout: Duration },
 }
 
 /// One rule written in ops.toml, with the place each value was written.
@@ -205,6 +212,13 @@ pub(super) fn resolve(
 ) -> AlertsConfig {
     let at = |span: &Range<usize>| (span.end > 0).then(|| source.location_of(span));
 
+    let timeout = super::timeout(
+        &section.timeout,
+        "alerts.timeout",
+        DEFAULT_PROMETHEUS_TIMEOUT,
+        &at,
+        problems,
+    );
     let target = match section.target.get_ref().as_str() {
         "file" => AlertsTarget::File,
         "prometheus" => match &section.prometheus_url {
@@ -214,6 +228,7 @@ pub(super) fn resolve(
             {
                 AlertsTarget::Prometheus {
                     url: SecretUrl::new(url.get_ref().trim_end_matches('/')),
+                    timeout,
                 }
             }
             Some(url) => {

@@ -51,6 +51,8 @@ pub struct VaultSection {
     pub cacert: Option<Spanned<String>>,
     /// `"auto"` (default), `1` or `2`.
     pub kv_version: Option<Spanned<KvVersionSetting>>,
+    /// Bounds each request to Vault, from connecting to the last byte of the answer.
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,7 +112,11 @@ pub struct VaultConfig {
     pub namespace: Option<String>,
     pub cacert: Option<PathBuf>,
     pub kv_version: KvVersion,
+    pub timeout: Duration,
 }
+
+/// How long one request to Vault may take, unless `<section>.vault.timeout` says otherwise.
+pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(super) fn resolve(
     section: KeysetSection,
@@ -372,6 +378,14 @@ pub(super) fn resolve_vault(
         },
     };
 
+    let timeout = super::timeout(
+        &section.timeout,
+        &format!("{name}.vault.timeout"),
+        DEFAULT_VAULT_TIMEOUT,
+        at,
+        problems,
+    );
+
     VaultConfig {
         section: name,
         addr: addr.trim_end_matches('/').to_string(),
@@ -381,6 +395,7 @@ pub(super) fn resolve_vault(
             .map(|ns| ns.trim_matches('/').to_string()),
         cacert: value(&section.cacert, Some("VAULT_CACERT")).map(PathBuf::from),
         kv_version,
+        timeout,
     }
 }
 

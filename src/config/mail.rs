@@ -210,16 +210,16 @@ pub(super) fn resolve(
     // Settings that came from the environment point at the `[mail]` header.
     let place = |span: &Option<Range<usize>>| at(span.as_ref().unwrap_or(&section_span));
 
-    let connect_timeout = duration(
+    let connect_timeout = super::timeout(
         &section.connect_timeout,
-        "connect_timeout",
+        "mail.connect_timeout",
         DEFAULT_CONNECT_TIMEOUT,
         at,
         problems,
     );
-    let command_timeout = duration(
+    let command_timeout = super::timeout(
         &section.command_timeout,
-        "command_timeout",
+        "mail.command_timeout",
         DEFAULT_COMMAND_TIMEOUT,
         at,
         problems,
@@ -564,40 +564,6 @@ fn resolve_queue(
         key: key.value,
         backlog_warning,
     })
-}
-
-fn duration(
-    value: &Option<Spanned<String>>,
-    key: &str,
-    default: Duration,
-    at: &impl Fn(&Range<usize>) -> Option<Location>,
-    problems: &mut Diagnostics,
-) -> Duration {
-    let Some(value) = value else {
-        return default;
-    };
-    match humantime::parse_duration(value.get_ref().trim()) {
-        Ok(duration) if !duration.is_zero() => duration,
-        Ok(_) => {
-            problems.push(located(
-                at(&value.span()),
-                format!("mail.{key} must be longer than zero"),
-                Some("write a duration such as \"10s\""),
-            ));
-            default
-        }
-        Err(error) => {
-            problems.push(located(
-                at(&value.span()),
-                format!(
-                    "mail.{key} `{}` is not a duration: {error}",
-                    value.get_ref()
-                ),
-                Some("write a duration such as \"10s\""),
-            ));
-            default
-        }
-    }
 }
 
 fn mailbox(

@@ -85,6 +85,8 @@ pub struct SchemaSection {
     pub target: Spanned<TargetSetting>,
     pub allow_out_of_order: bool,
     pub history_table: Spanned<String>,
+    /// Bounds connecting and every bookkeeping query; migrations themselves are not bounded.
+    pub timeout: Option<Spanned<String>>,
     pub depends_on: Vec<Spanned<String>>,
 }
 
@@ -96,6 +98,7 @@ impl Default for SchemaSection {
             target: Spanned::new(0..0, TargetSetting::Name("latest".to_string())),
             allow_out_of_order: false,
             history_table: Spanned::new(0..0, DEFAULT_HISTORY_TABLE.to_string()),
+            timeout: None,
             depends_on: Vec::new(),
         }
     }
@@ -144,8 +147,14 @@ pub struct SchemaConfig {
     pub target: TargetVersion,
     pub allow_out_of_order: bool,
     pub history_table: String,
+    /// How long connecting, the lock queries and the reads of the history table may take.
+    pub timeout: Duration,
     pub depends_on: Vec<(String, Option<Location>)>,
 }
+
+/// How long a database may take to connect or answer a bookkeeping query, unless
+/// `schema.timeout` says otherwise.
+pub const DEFAULT_SCHEMA_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Config {
     /// Reads and validates `path`, looking up `${env:…}` in the process environment.
@@ -327,6 +336,13 @@ fn resolve(
             ));
         }
 
+        let timeout = timeout(
+            &section.timeout,
+            "schema.timeout",
+            DEFAULT_SCHEMA_TIMEOUT,
+            &at,
+            problems,
+        );
         let migrations_display = section.migrations.get_ref().clone();
         SchemaConfig {
             url: SecretUrl::new(url_text),
@@ -336,6 +352,7 @@ fn resolve(
             target,
             allow_out_of_order: section.allow_out_of_order,
             history_table: table.clone(),
+            timeout,
             depends_on: section
                 .depends_on
                 .iter()
@@ -402,6 +419,31 @@ fn absolutize_sqlite_url(url: &str, base_dir: &Path) -> String {
         return url.to_string();
     }
     format!("sqlite://{}", base_dir.join(rest).display())
+}
+
+/// A timeout setting (`key` is its full name, e.g. `schema.timeout`): a duration longer
+/// than zero, or `default` when it is left out.
+pub(super) fn timeout(
+    value: &Option<Spanned<String>>,
+    key: &str,
+    default: Duration,
+    at: &impl Fn(&std::ops::Range<usize>) -> Option<Location>,
+    problems: &mut Diagnostics,
+) -> Duration {
+    let Some(value) = value else {
+        return default;
+    };
+    let message = match humantime::parse_duration(value.get_ref().trim()) {
+        Ok(duration) if !duration.is_zero() => return duration,
+        Ok(_) => format!("{key} must be longer than zero"),
+        Err(error) => format!("{key} `{}` is not a duration: {error}", value.get_ref()),
+    };
+    problems.push(located(
+        at(&value.span()),
+        message,
+        Some("write a duration such as \"10s\""),
+    ));
+    default
 }
 
 fn located(location: Option<Location>, message: String, help: Option<&str>) -> Diagnostic {
@@ -603,6 +645,39 @@ mod tests {
             text.contains("ops.toml:2:16: apply.lock_timeout `soon`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_back_end_timeout_is_checked_with_its_place() {
+        let text = "[schema]\ntimeout = '0s'\n[keyset]\nstore = 'vault'\n[keyset.vault]\n\
+                    timeout = 'later'\n[alerts]\ntimeout = '5'\n";
+        let error = parse(text).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("ops.toml:2:11: schema.timeout must be longer than zero"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ops.toml:6:11: keyset.vault.timeout `later` is not a duration"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ops.toml:8:11: alerts.timeout `5` is not a duration"),
+            "{text}"
+        );
+
+        let config = parse(
+            "[schema]\ntimeout = '3s'\n[alerts]\ntarget = 'prometheus'\n\
+             prometheus_url = 'http://127.0.0.1:9090'\ntimeout = '1m'\n",
+        )
+        .unwrap();
+        assert_eq!(config.schema.unwrap().timeout, Duration::from_secs(3));
+        let alerts::AlertsTarget::Prometheus { timeout, .. } = config.alerts.unwrap().target else {
+            panic!("expected the prometheus target");
+        };
+        assert_eq!(timeout, Duration::from_secs(60));
+        let defaults = parse("[schema]\n").unwrap();
+        assert_eq!(defaults.schema.unwrap().timeout, DEFAULT_SCHEMA_TIMEOUT);
     }
 
     #[test]

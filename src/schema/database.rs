@@ -114,12 +114,14 @@ pub struct Database {
     /// SQLite's writer lock, a file beside the database; servers use their own locks.
     file_lock: Option<FileLock>,
     locked: Mutex<bool>,
+    /// Bounds connecting and each bookkeeping step; migrations run unbounded.
+    timeout: Duration,
 }
 
 static DRIVERS: Once = Once::new();
 
 impl Database {
-    pub fn new(url: SecretUrl, table: String) -> Database {
+    pub fn new(url: SecretUrl, table: String, timeout: Duration) -> Database {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let dialect = Dialect::from_url(url.expose());
         let file_lock = match dialect {
@@ -133,6 +135,7 @@ impl Database {
             connection: Mutex::new(None),
             file_lock,
             locked: Mutex::new(false),
+            timeout,
         }
     }
 
@@ -159,6 +162,34 @@ impl Database {
             address: self.address(),
             action: action.to_string(),
             source,
+        }
+    }
+
+    fn timed_out(&self, action: &str) -> SchemaError {
+        SchemaError::TimedOut {
+            backend: self.backend(),
+            address: self.address(),
+            action: action.to_string(),
+            after: self.timeout,
+        }
+    }
+
+    /// Connects (within the timeout), then runs one bookkeeping step within the timeout. A
+    /// step cut short leaves its connection in the middle of a conversation, so the
+    /// connection goes with it.
+    async fn bounded<T>(
+        &self,
+        create: bool,
+        action: &str,
+        step: impl Future<Output = Result<T, SchemaError>>,
+    ) -> Result<T, SchemaError> {
+        drop(self.connection(create).await?);
+        match tokio::time::timeout(self.timeout, step).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.connection.lock().await.take();
+                Err(self.timed_out(action))
+            }
         }
     }
 
@@ -189,14 +220,14 @@ impl Database {
             }
         }
         tracing::debug!(backend = self.backend(), address = %self.address(), "connecting");
-        let connection =
-            AnyConnection::connect(&url)
-                .await
-                .map_err(|source| SchemaError::Connect {
-                    backend: self.backend(),
-                    address: self.address(),
-                    source,
-                })?;
+        let connection = tokio::time::timeout(self.timeout, AnyConnection::connect(&url))
+            .await
+            .map_err(|_| self.timed_out("connecting"))?
+            .map_err(|source| SchemaError::Connect {
+                backend: self.backend(),
+                address: self.address(),
+                source,
+            })?;
         *guard = Some(connection);
         Ok(guard)
     }
@@ -220,7 +251,15 @@ impl Database {
                 ..DatabaseState::default()
             });
         }
+        self.bounded(
+            locked,
+            "reading the history table",
+            self.read_history(locked),
+        )
+        .await
+    }
 
+    async fn read_history(&self, locked: bool) -> Result<DatabaseState, SchemaError> {
         let mut guard = self.connection(locked).await?;
         let connection = guard.as_mut().expect("connection is open");
         let tables = self.tables(connection).await?;
@@ -292,7 +331,10 @@ impl Database {
         loop {
             let holder = match self.dialect {
                 Dialect::Sqlite => self.try_lock_sqlite().await?,
-                Dialect::Postgres | Dialect::MySql => self.try_lock_server().await?,
+                Dialect::Postgres | Dialect::MySql => {
+                    self.bounded(true, "taking the writer lock", self.try_lock_server())
+                        .await?
+                }
             };
             let Some(holder) = holder else {
                 break;
@@ -313,7 +355,12 @@ impl Database {
         }
         *self.locked.lock().await = true;
         tracing::debug!(backend = self.backend(), "writer lock taken");
-        self.create_history_table().await
+        self.bounded(
+            true,
+            "creating the history table",
+            self.create_history_table(),
+        )
+        .await
     }
 
     pub async fn unlock(&self) {
@@ -331,10 +378,15 @@ impl Database {
                     Dialect::Postgres => "SELECT pg_advisory_unlock_all()",
                     _ => "SELECT RELEASE_ALL_LOCKS()",
                 };
-                if let Ok(mut guard) = self.connection(false).await
-                    && let Some(connection) = guard.as_mut()
-                {
-                    let _ = sqlx::query(sql).execute(connection).await;
+                let release = async {
+                    if let Some(connection) = self.connection.lock().await.as_mut() {
+                        let _ = sqlx::query(sql).execute(connection).await;
+                    }
+                };
+                // The server drops the lock with the session, so a release that takes too
+                // long is abandoned together with its connection.
+                if tokio::time::timeout(self.timeout, release).await.is_err() {
+                    self.connection.lock().await.take();
                 }
             }
         }
@@ -540,6 +592,11 @@ impl Database {
 
     /// Records one apply run, one row per step, in a single transaction.
     pub async fn record_apply(&self, run: &ApplyRun<'_>) -> Result<(), SchemaError> {
+        self.bounded(true, "recording the apply", self.insert_apply(run))
+            .await
+    }
+
+    async fn insert_apply(&self, run: &ApplyRun<'_>) -> Result<(), SchemaError> {
         let mut guard = self.session().await?;
         let connection = guard.as_mut().expect("connection is open");
         self.create_apply_log_table(connection).await?;
@@ -601,6 +658,19 @@ impl Database {
         {
             return Ok(Vec::new());
         }
+        self.bounded(
+            locked,
+            "reading the apply history",
+            self.read_applies(locked, limit),
+        )
+        .await
+    }
+
+    async fn read_applies(
+        &self,
+        locked: bool,
+        limit: usize,
+    ) -> Result<Vec<LoggedStep>, SchemaError> {
         let mut guard = self.connection(locked).await?;
         let connection = guard.as_mut().expect("connection is open");
         let table = self.apply_log_table();

@@ -12,6 +12,18 @@ pub enum SchemaError {
         source: sqlx::Error,
     },
 
+    #[error(
+        "{backend} at {address}: {action} did not finish within {}; check that the server is \
+         up and answering there, or raise schema.timeout",
+        humantime::format_duration(*after)
+    )]
+    TimedOut {
+        backend: &'static str,
+        address: String,
+        action: String,
+        after: Duration,
+    },
+
     #[error("{backend} at {address}: {action} failed")]
     Query {
         backend: &'static str,

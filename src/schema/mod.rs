@@ -78,7 +78,11 @@ pub struct SchemaResource {
 impl SchemaResource {
     pub fn new(config: SchemaConfig) -> SchemaResource {
         let files = files::load_migrations(&config.migrations_dir, &config.migrations_display);
-        let database = Database::new(config.url.clone(), config.history_table.clone());
+        let database = Database::new(
+            config.url.clone(),
+            config.history_table.clone(),
+            config.timeout,
+        );
         SchemaResource {
             config,
             files,

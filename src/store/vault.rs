@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use rustify::enums::{RequestMethod, RequestType, ResponseType};
@@ -125,10 +124,17 @@ impl VaultStore {
                 format!("Vault answered {code} on {place}: {}", plain_errors(errors))
             }
             ClientError::RestClientError { source } => {
-                format!(
-                    "cannot reach Vault or read its answer for {place}: {}",
-                    crate::engine::error_chain(source)
-                )
+                let cause = crate::engine::error_chain(source);
+                if cause.contains("timed out") {
+                    format!(
+                        "no answer within {} from Vault for {place}; check that Vault is up and \
+                         answering there, or raise {}.vault.timeout",
+                        humantime::format_duration(self.config.timeout),
+                        self.config.section
+                    )
+                } else {
+                    format!("cannot reach Vault or read its answer for {place}: {cause}")
+                }
             }
             other => format!("{place} failed: {}", crate::engine::error_chain(other)),
         };
@@ -428,7 +434,7 @@ fn build_client(config: &VaultConfig) -> Result<VaultClient, String> {
         )
         .verify(true)
         .identity(None)
-        .timeout(Some(Duration::from_secs(15)));
+        .timeout(Some(config.timeout));
     let settings = settings
         .build()
         .map_err(|error| format!("invalid Vault settings: {error}"))?;

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod openbao;
 pub mod smtp;
 
@@ -351,6 +352,16 @@ impl Drop for TestDatabase {
             Backend::MySql => admin(MYSQL_ADMIN, &drop_sql),
         }
     }
+}
+
+/// Runs `sql` on the PostgreSQL server as its superuser.
+pub fn postgres_admin(sql: &str) {
+    admin(POSTGRES_ADMIN, sql);
+}
+
+/// Runs `sql` on the MariaDB server as root.
+pub fn mysql_admin(sql: &str) {
+    admin(MYSQL_ADMIN, sql);
 }
 
 fn admin(url: &str, sql: &str) {

@@ -1,6 +1,9 @@
 //! A Prometheus server for one test: its own port, configuration, rule folders and storage,
 //! killed when the test ends. `scripts/deps/prometheus.sh` installs Debian's package.
 
+// Each test binary that includes this file uses a different part of it.
+#![allow(dead_code)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +38,16 @@ impl PrometheusServer {
     /// Starts Prometheus loading `<dir>/rules/*.yml` and `<dir>/other/*.yml`; `None` when it
     /// is not installed (outside CI).
     pub fn start() -> Option<PrometheusServer> {
+        Self::launch(true)
+    }
+
+    /// Like [`PrometheusServer::start`], without `--web.enable-lifecycle`: reloads are
+    /// refused with 403.
+    pub fn start_without_lifecycle() -> Option<PrometheusServer> {
+        Self::launch(false)
+    }
+
+    fn launch(lifecycle: bool) -> Option<PrometheusServer> {
         if !installed("prometheus") {
             return None;
         }
@@ -61,7 +74,7 @@ impl PrometheusServer {
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--web.enable-lifecycle")
+            .args(lifecycle.then_some("--web.enable-lifecycle"))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
