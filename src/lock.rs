@@ -47,7 +47,8 @@ impl FileLock {
     }
 
     /// One attempt: `Ok(None)` when the lock is now ours, `Ok(Some(holder))` when another
-    /// process has it.
+    /// process has it. The holder is empty in the moment between another process taking
+    /// the lock and writing its name (or releasing it); callers wait for the name.
     pub fn try_take(&self) -> std::io::Result<Option<String>> {
         if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
@@ -69,12 +70,7 @@ impl FileLock {
             }
             Err(TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&self.path).unwrap_or_default();
-                let holder = holder.trim();
-                Ok(Some(if holder.is_empty() {
-                    "another process".to_string()
-                } else {
-                    holder.to_string()
-                }))
+                Ok(Some(holder.trim().to_string()))
             }
             Err(TryLockError::Error(source)) => Err(source),
         }
@@ -96,9 +92,11 @@ impl FileLock {
                 return Ok(());
             };
             if Instant::now() >= deadline {
-                return Err(LockFailure::Busy { holder });
+                return Err(LockFailure::Busy {
+                    holder: shown_holder(holder),
+                });
             }
-            if holder != last_holder {
+            if !holder.is_empty() && holder != last_holder {
                 observer.waiting(address, &holder);
                 last_holder = holder;
             }
@@ -112,6 +110,16 @@ impl FileLock {
             let _ = file.set_len(0);
             let _ = file.unlock();
         }
+    }
+}
+
+/// A holder as read from a lock, for messages: a lock whose holder has not written its name
+/// yet is "another process".
+pub fn shown_holder(holder: String) -> String {
+    if holder.is_empty() {
+        "another process".to_string()
+    } else {
+        holder
     }
 }
 

@@ -262,8 +262,11 @@ impl Database {
     async fn read_history(&self, locked: bool) -> Result<DatabaseState, SchemaError> {
         let mut guard = self.connection(locked).await?;
         let connection = guard.as_mut().expect("connection is open");
-        let tables = self.tables(connection).await?;
+        let mut tables = self.tables(connection).await?;
         if !tables.iter().any(|t| t.eq_ignore_ascii_case(&self.table)) {
+            // opsplan's own lock table may exist alone if an apply died before the
+            // history table was made.
+            tables.retain(|t| !t.eq_ignore_ascii_case(&self.lock_holder_table()));
             return Ok(DatabaseState {
                 history: None,
                 unmanaged_tables: tables,
@@ -343,11 +346,11 @@ impl Database {
                 return Err(SchemaError::LockBusy {
                     backend: self.backend(),
                     address: self.address(),
-                    holder,
+                    holder: crate::lock::shown_holder(holder),
                     waited: timeout,
                 });
             }
-            if holder != last_holder {
+            if !holder.is_empty() && holder != last_holder {
                 observer.waiting(resource, &holder);
                 last_holder = holder;
             }
@@ -402,6 +405,8 @@ impl Database {
             source,
         })?;
         match holder {
+            // Not named yet: the caller tries again before it says who holds the lock.
+            Some(holder) if holder.is_empty() => Ok(Some(holder)),
             Some(holder) => Ok(Some(format!(
                 "{holder} (lock file {})",
                 lock.path().display()
@@ -468,7 +473,8 @@ impl Database {
                             "{app} (server pid {pid}, user {user}, from {client}, connected since {since})"
                         )
                     }
-                    None => "a session that has just released it".to_string(),
+                    // Released since the attempt failed: nobody to name, try again.
+                    None => String::new(),
                 }))
             }
             Dialect::MySql => {
@@ -480,32 +486,88 @@ impl Database {
                     .and_then(|row| row.try_get(0))
                     .map_err(|e| self.query_error("taking the named lock", e))?;
                 if taken == Some(1) {
+                    self.name_mysql_holder(connection, &name).await?;
                     return Ok(None);
                 }
-                let holder = sqlx::query(
-                    "SELECT CAST(p.ID AS SIGNED), CAST(p.USER AS CHAR), CAST(p.HOST AS CHAR), \
-                     CAST(p.TIME AS SIGNED) FROM information_schema.PROCESSLIST p \
-                     WHERE p.ID = IS_USED_LOCK(?)",
-                )
-                .bind(name)
-                .fetch_optional(&mut *connection)
-                .await
-                .map_err(|e| self.query_error("looking up the lock holder", e))?;
-                Ok(Some(match holder {
-                    Some(row) => {
-                        let id: i64 = row.try_get(0).unwrap_or_default();
-                        let user: String = row.try_get(1).unwrap_or_default();
-                        let host: String = row.try_get(2).unwrap_or_default();
-                        let seconds: i64 = row.try_get(3).unwrap_or_default();
-                        format!(
-                            "connection {id} ({user}@{host}, in its current state for {seconds}s)"
-                        )
-                    }
-                    None => "a session that has just released it".to_string(),
-                }))
+                self.mysql_holder(connection, &name).await
             }
             Dialect::Sqlite => Ok(None),
         }
+    }
+
+    /// Where a MySQL lock holder writes its name: unlike a PostgreSQL session's
+    /// application_name, nothing of a MySQL session says which process it serves.
+    fn lock_holder_table(&self) -> String {
+        format!("{}_lock", self.table)
+    }
+
+    /// Records who holds the named lock, keyed by the lock and this connection's id, so a
+    /// row left by a dead holder never names a live one.
+    async fn name_mysql_holder(
+        &self,
+        connection: &mut AnyConnection,
+        name: &str,
+    ) -> Result<(), SchemaError> {
+        let table = self.lock_holder_table();
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (lock_name VARCHAR(64) NOT NULL PRIMARY KEY, \
+             connection_id BIGINT NOT NULL, holder VARCHAR(255) NOT NULL)"
+        );
+        sqlx::raw_sql(AssertSqlSafe(create))
+            .execute(&mut *connection)
+            .await
+            .map_err(|e| self.query_error("creating the lock holder table", e))?;
+        let holder: String = holder_description().chars().take(255).collect();
+        sqlx::query(AssertSqlSafe(format!(
+            "REPLACE INTO {table} (lock_name, connection_id, holder) VALUES (?, CONNECTION_ID(), ?)"
+        )))
+        .bind(name.to_string())
+        .bind(holder)
+        .execute(connection)
+        .await
+        .map_err(|e| self.query_error("naming the lock holder", e))?;
+        Ok(())
+    }
+
+    /// Who holds the named lock: the name its holder wrote, and its connection. Empty in
+    /// the moment between the holder taking the lock and writing its name.
+    async fn mysql_holder(
+        &self,
+        connection: &mut AnyConnection,
+        name: &str,
+    ) -> Result<Option<String>, SchemaError> {
+        let session = sqlx::query(
+            "SELECT CAST(p.ID AS SIGNED), CAST(p.USER AS CHAR), CAST(p.HOST AS CHAR) \
+             FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK(?)",
+        )
+        .bind(name.to_string())
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(|e| self.query_error("looking up the lock holder", e))?;
+        let Some(session) = session else {
+            // Released since GET_LOCK failed: nobody to name, try again.
+            return Ok(Some(String::new()));
+        };
+        let id: i64 = session.try_get(0).unwrap_or_default();
+        let user: String = session.try_get(1).unwrap_or_default();
+        let host: String = session.try_get(2).unwrap_or_default();
+
+        // The table is missing until the first holder makes it.
+        let named = sqlx::query(AssertSqlSafe(format!(
+            "SELECT CAST(holder AS CHAR) FROM {} WHERE lock_name = ? AND connection_id = ?",
+            self.lock_holder_table()
+        )))
+        .bind(name.to_string())
+        .bind(id)
+        .fetch_optional(connection)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|row| row.try_get::<String, _>(0).ok());
+        Ok(Some(match named {
+            Some(holder) => format!("{holder} (connection {id}, {user}@{host})"),
+            None => String::new(),
+        }))
     }
 
     /// MySQL lock names are server-wide, so the database name is part of it.
