@@ -497,8 +497,8 @@ fn unreachable_prometheus_refuses_the_plan_and_leaves_no_file() {
             .run(command)
             .expect_code(1)
             .expect_contains(&format!(
-                "check prometheus: FAILED (Prometheus at http://127.0.0.1:{port}/api/v1/rules \
-                 did not answer"
+                "Error: alerts: Prometheus at http://127.0.0.1:{port}/api/v1/rules did not \
+                 answer"
             ))
             .expect_contains("start Prometheus with --web.enable-lifecycle");
     }

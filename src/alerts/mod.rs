@@ -167,11 +167,23 @@ impl AlertsResource {
     }
 
     /// Asks Prometheus which groups it has loaded from `rules_dir`'s files; writes nothing.
-    fn probe(&self, live: &mut LiveRules) {
+    /// A Prometheus that cannot answer is an error: apply would write the files and then
+    /// fail to reload them, and drift could not see what is loaded.
+    async fn probe(&self, live: &mut LiveRules) -> Result<(), AlertsError> {
         let Some(api) = self.api() else {
-            return;
+            return Ok(());
         };
-        let detail = match api.rules() {
+        // The client blocks: it runs off the async workers, so that the other resources'
+        // reads go on meanwhile.
+        let asked = api.clone();
+        let answer = tokio::task::spawn_blocking(move || asked.rules())
+            .await
+            .unwrap_or_else(|error| {
+                Err(AlertsError::Verify(format!(
+                    "asking Prometheus for its rules stopped: {error}"
+                )))
+            });
+        let detail = match answer {
             Ok(groups) => {
                 let ours = groups
                     .iter()
@@ -189,15 +201,22 @@ impl AlertsResource {
                     self.config.rules_dir_display
                 );
                 live.loaded = Some(groups);
-                Ok(detail)
+                detail
             }
-            Err(error) => Err(crate::engine::error_chain(&error)),
+            Err(error) => {
+                return Err(AlertsError::Refused(format!(
+                    "{}; start Prometheus with --web.enable-lifecycle at alerts.prometheus_url, \
+                     or raise alerts.timeout if it is only slow",
+                    crate::engine::error_chain(&error)
+                )));
+            }
         };
         live.probe = Some(Check {
             name: "prometheus".to_string(),
-            passed: detail.is_ok(),
-            detail: detail.unwrap_or_else(|error| error),
+            passed: true,
+            detail,
         });
+        Ok(())
     }
 
     /// The plan for the rules: the changes that bring the files to the desired state, the
@@ -287,14 +306,6 @@ impl AlertsResource {
     fn changes_to_desired(&self, live: &LiveRules) -> Diff {
         let mut diff = Diff::default();
         diff.checks.extend(live.probe.clone());
-        // Apply would write the files and then fail to reload them: refuse before that.
-        if let Some(probe) = live.probe.as_ref().filter(|probe| !probe.passed) {
-            diff.refusals.push(format!(
-                "{}; start Prometheus with --web.enable-lifecycle at alerts.prometheus_url, or \
-                 raise alerts.timeout if it is only slow",
-                probe.detail
-            ));
-        }
         let live_groups: usize = live.files.values().map(|f| f.groups.len()).sum();
         let live_rules: usize = live
             .files
@@ -958,8 +969,7 @@ impl Resource for AlertsResource {
 
     async fn read(&self) -> Result<LiveState, ResourceError> {
         let mut live = self.read_live()?;
-        // The Prometheus client blocks; keep it off the async workers.
-        tokio::task::block_in_place(|| self.probe(&mut live));
+        self.probe(&mut live).await?;
         Ok(Box::new(live))
     }
 
