@@ -529,6 +529,52 @@ fn credentials_in_the_prometheus_url_are_never_shown() {
     }
 }
 
+/// Messages show the Prometheus URL without its password, but every request, the reload
+/// included, must still carry the credentials it was given.
+#[test]
+fn every_request_to_prometheus_carries_the_url_credentials() {
+    let Some(server) = PrometheusServer::start() else {
+        return;
+    };
+    // A relay in front of the real server keeps a copy of each request; Prometheus itself
+    // ignores the credentials.
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let relay = common::faults::FaultServer::start(common::faults::Behaviour::Relay {
+        upstream: server.url.rsplit(':').next().unwrap().parse().unwrap(),
+        sent: sent.clone(),
+    });
+    let project = Project::new();
+    project.config(&format!(
+        "[alerts]\ntarget = \"prometheus\"\n\
+         prometheus_url = \"http://ops:hunter2secret@127.0.0.1:{}\"\nrules_dir = \"{}\"\n\
+         [[alerts.group]]\nname = \"auth\"\n[[alerts.group.rule]]\nalert = \"A\"\nexpr = \"up\"\n",
+        relay.port,
+        server.rules_dir().display()
+    ));
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+
+    let sent = String::from_utf8_lossy(&sent.lock().unwrap()).into_owned();
+    let requests: Vec<&str> = sent
+        .split("\r\n\r\n")
+        .filter(|head| head.starts_with("GET ") || head.starts_with("POST "))
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .any(|head| head.starts_with("POST /-/reload ")),
+        "{sent}"
+    );
+    for head in &requests {
+        // base64 of `ops:hunter2secret`
+        assert!(
+            head.lines()
+                .any(|line| line
+                    .eq_ignore_ascii_case("authorization: Basic b3BzOmh1bnRlcjJzZWNyZXQ=")),
+            "a request without the URL's credentials:\n{head}"
+        );
+    }
+}
+
 #[test]
 fn every_field_change_is_a_change_and_reformatting_is_not() {
     let project = Project::new();

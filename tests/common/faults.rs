@@ -36,6 +36,11 @@ pub enum Behaviour {
     Http { status: u16, body: String },
     /// Forwards to `upstream`, holding back every chunk of its answers by `delay`.
     Delay { upstream: u16, delay: Duration },
+    /// Forwards to `upstream` at once, keeping a copy of everything the client sent.
+    Relay {
+        upstream: u16,
+        sent: Arc<std::sync::Mutex<Vec<u8>>>,
+    },
 }
 
 /// A loopback server that misbehaves as told, until dropped.
@@ -150,33 +155,56 @@ fn serve(mut stream: TcpStream, behaviour: Behaviour, stop: Arc<AtomicBool>) {
             let _ = stream.write_all(response.as_bytes());
             let _ = stream.shutdown(Shutdown::Both);
         }
-        Behaviour::Delay { upstream, delay } => {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                return;
-            };
-            let _ = stream.set_read_timeout(None);
-            let (mut to_server, mut from_client) = (server.try_clone().unwrap(), stream);
-            let mut to_client = from_client.try_clone().unwrap();
-            let mut from_server = server;
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from_client, &mut to_server);
-                let _ = to_server.shutdown(Shutdown::Write);
-            });
-            let mut buffer = [0u8; 16384];
-            loop {
-                match from_server.read(&mut buffer) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        std::thread::sleep(delay);
-                        if to_client.write_all(&buffer[..n]).is_err() {
-                            break;
-                        }
+        Behaviour::Delay { upstream, delay } => relay(stream, upstream, delay, None),
+        Behaviour::Relay { upstream, sent } => relay(stream, upstream, Duration::ZERO, Some(sent)),
+    }
+}
+
+/// Copies between the client and `upstream`, delaying each chunk of the answers and, with
+/// `sent`, recording what the client sent.
+fn relay(
+    stream: TcpStream,
+    upstream: u16,
+    delay: Duration,
+    sent: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
+) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(None);
+    let (mut to_server, mut from_client) = (server.try_clone().unwrap(), stream);
+    let mut to_client = from_client.try_clone().unwrap();
+    let mut from_server = server;
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 16384];
+        loop {
+            match from_client.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Some(sent) = &sent {
+                        sent.lock().unwrap().extend_from_slice(&buffer[..n]);
+                    }
+                    if to_server.write_all(&buffer[..n]).is_err() {
+                        break;
                     }
                 }
             }
-            let _ = to_client.shutdown(Shutdown::Write);
+        }
+        let _ = to_server.shutdown(Shutdown::Write);
+    });
+    let mut buffer = [0u8; 16384];
+    loop {
+        match from_server.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                std::thread::sleep(delay);
+                if to_client.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
         }
     }
+    let _ = to_client.shutdown(Shutdown::Write);
 }
 
 fn is_timeout(error: &std::io::Error) -> bool {
