@@ -131,3 +131,70 @@ fn apply_killed_during_a_slow_migration_converges_on_rerun() {
         );
     }
 }
+
+/// A file that cannot run atomically (MySQL DDL, or a no-transaction file), killed after
+/// some of it committed: the next plan refuses the version instead of running its statements
+/// again, and names the commands that resolve it.
+#[test]
+fn apply_killed_after_a_commit_it_cannot_undo_is_refused_until_resolved() {
+    for (backend, file) in [
+        (
+            Backend::MySql,
+            "CREATE TABLE audit (id BIGINT PRIMARY KEY);\nSELECT SLEEP(8);\n\
+             ALTER TABLE users ADD COLUMN tz TEXT;\n",
+        ),
+        (
+            Backend::Postgres,
+            "-- opsplan:no-transaction\nCREATE TABLE audit (id BIGINT PRIMARY KEY);\n\
+             SELECT pg_sleep(8);\nALTER TABLE users ADD COLUMN tz TEXT;\n",
+        ),
+    ] {
+        let Some(db) = TestDatabase::create(backend) else {
+            continue;
+        };
+        let project = Project::new();
+        project.schema_config(&db.url, "");
+        project.migration(
+            "0001_create_users.sql",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY);",
+        );
+        project.run(&["apply", "--auto-approve"]).expect_code(0);
+        project.migration("0002_audit.sql", file);
+
+        let mut child = project
+            .command(&["apply", "--auto-approve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(child.try_wait().unwrap().is_none(), "{backend:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        assert!(db.table_exists("audit"), "{backend:?}");
+        assert_eq!(db.history(), ["1:1", "2:0"], "{backend:?}");
+        project
+            .run(&["plan"])
+            .expect_code(1)
+            .expect_contains(
+                "version 2 is partially applied; resolve manually, then mark it. \
+                 0002_audit.sql failed at ",
+            )
+            .expect_contains(
+                "interrupted: the run stopped before it recorded the end of this migration \
+                 (killed, or its connection was lost); some statements may have committed",
+            )
+            .expect_contains(
+                "`opsplan schema mark-applied 2` (finished) or `opsplan schema mark-removed 2` \
+                 (reverted)",
+            );
+
+        // The operator reverts what committed, forgets the version, and applies again.
+        db.execute("DROP TABLE audit");
+        project.run(&["schema", "mark-removed", "2"]).expect_code(0);
+        project.run(&["apply", "--auto-approve"]).expect_code(0);
+        assert_eq!(db.history(), ["1:1", "2:1"], "{backend:?}");
+        assert!(db.column_exists("users", "tz"), "{backend:?}");
+    }
+}

@@ -827,19 +827,41 @@ impl Database {
             .map(|_| ())
     }
 
-    pub async fn delete_row(&self, version: u64) -> Result<u64, SchemaError> {
+    /// Replaces the row of `row.version` on `connection`, in one transaction.
+    pub async fn replace_row(
+        &self,
+        connection: &mut AnyConnection,
+        row: &NewHistoryRow<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let mut transaction = connection.begin().await?;
+        self.remove_row(&mut transaction, row.version).await?;
+        self.insert_row(&mut transaction, row).await?;
+        transaction.commit().await
+    }
+
+    /// Deletes the row of `version` on `connection`; returns how many rows went.
+    pub async fn remove_row(
+        &self,
+        connection: &mut AnyConnection,
+        version: u64,
+    ) -> Result<u64, sqlx::Error> {
         let sql = format!(
             "DELETE FROM {} WHERE version = {}",
             self.table,
             self.dialect.placeholder(1)
         );
-        let mut guard = self.session().await?;
-        let connection = guard.as_mut().expect("connection is open");
         sqlx::query(AssertSqlSafe(sql))
             .bind(version as i64)
             .execute(connection)
             .await
             .map(|done| done.rows_affected())
+    }
+
+    pub async fn delete_row(&self, version: u64) -> Result<u64, SchemaError> {
+        let mut guard = self.session().await?;
+        let connection = guard.as_mut().expect("connection is open");
+        self.remove_row(connection, version)
+            .await
             .map_err(|e| self.query_error("deleting a history row", e))
     }
 

@@ -53,6 +53,12 @@ pub fn is_ddl(statement: &Statement) -> bool {
 }
 
 /// Runs `file` and records it. Returns a one-line account for the apply report.
+///
+/// A file that runs in one transaction writes its history row inside it. A no-transaction
+/// file first records itself as interrupted, and a MySQL file does so inside its transaction
+/// just before its first DDL, which commits that row together with everything before it;
+/// when the file ends, that row is replaced with its outcome. A run killed in between leaves
+/// the interrupted row, so no statement that may have committed is ever run again unasked.
 pub async fn run_migration(
     database: &Database,
     file: &MigrationFile,
@@ -73,59 +79,90 @@ pub async fn run_migration(
     tracing::debug!(file = %shown_file, statements = statements.len(), no_transaction = file.no_transaction, "running migration");
 
     let outcome = if file.no_transaction {
-        run_one_at_a_time(connection, &statements).await
-    } else if dialect == Dialect::MySql {
-        run_mysql(connection, &statements).await
-    } else {
-        run_in_transaction(database, connection, file, &statements, started).await
-    };
-
-    match outcome {
-        Ok(()) if file.no_transaction || dialect == Dialect::MySql => {
-            let row = row_for(
-                file,
-                execution,
-                started,
-                statements.len(),
-                statements.len(),
-                None,
-            );
-            database
-                .insert_row(connection, &row)
-                .await
-                .map_err(|e| record_failed(database, &shown_file, e))?;
-            Ok(done(&statements, started))
-        }
-        Ok(()) => Ok(done(&statements, started)),
-        Err(failure) => {
-            let message = describe_failure(&failure, &shown_file, dialect, file, &statements);
-            if failure.committed > 0 {
-                let note = format!(
-                    "statement {} of {} failed: {}; {} committed",
-                    failure.index + 1,
-                    statements.len(),
-                    failure.error_text(),
-                    committed_range(failure.committed)
-                );
+        let marker = interrupted_row(file, execution, started, statements.len());
+        database
+            .insert_row(connection, &marker)
+            .await
+            .map_err(|e| record_failed(database, &shown_file, e))?;
+        match run_one_at_a_time(connection, &statements).await {
+            Ok(()) => {
                 let row = row_for(
                     file,
                     execution,
                     started,
-                    failure.committed,
                     statements.len(),
-                    Some(&note),
+                    statements.len(),
+                    None,
                 );
-                if let Err(error) = database.insert_row(connection, &row).await {
-                    return Err(SchemaError::Migration(format!(
-                        "{message}\nRecording version {} as failed also failed: {error}",
-                        file.version
-                    )));
-                }
+                database
+                    .replace_row(connection, &row)
+                    .await
+                    .map_err(|e| record_failed(database, &shown_file, e))?;
+                Ok(())
             }
-            Err(SchemaError::Migration(message))
+            Err(failure) => Err(failure),
         }
+    } else if dialect == Dialect::MySql {
+        run_mysql(database, connection, file, &statements, started).await
+    } else {
+        run_in_transaction(database, connection, file, &statements, started).await
+    };
+
+    let Err(failure) = outcome else {
+        return Ok(done(&statements, started));
+    };
+    let message = describe_failure(&failure, &shown_file, dialect, file, &statements);
+    let recorded = if failure.committed > 0 {
+        let note = format!(
+            "statement {} of {} failed: {}; {} committed",
+            failure.index + 1,
+            statements.len(),
+            failure.error_text(),
+            committed_range(failure.committed)
+        );
+        let row = row_for(
+            file,
+            execution,
+            started,
+            failure.committed,
+            statements.len(),
+            Some(&note),
+        );
+        database.replace_row(connection, &row).await
+    } else if file.no_transaction || dialect == Dialect::MySql {
+        // Nothing committed: the version is as it was before this run, interrupted row and all.
+        database
+            .remove_row(connection, file.version)
+            .await
+            .map(|_| ())
+    } else {
+        Ok(())
+    };
+    if let Err(error) = recorded {
+        return Err(SchemaError::Migration(format!(
+            "{message}\nRecording the outcome of version {} also failed: {}; inspect {} before \
+             the next apply",
+            file.version,
+            database_error_text(&error),
+            database.table()
+        )));
     }
+    Err(SchemaError::Migration(message))
 }
+
+/// What the history table holds while a file that cannot run atomically is running.
+fn interrupted_row<'a>(
+    file: &'a MigrationFile,
+    execution: &'a str,
+    started: Instant,
+    total: usize,
+) -> NewHistoryRow<'a> {
+    row_for(file, execution, started, 0, total, Some(INTERRUPTED_NOTE))
+}
+
+/// The note of an interrupted row.
+pub const INTERRUPTED_NOTE: &str = "interrupted: the run stopped before it recorded the end of \
+     this migration (killed, or its connection was lost); some statements may have committed";
 
 /// A history row for `file`, timed from `started`; a row with a note records a failure.
 fn row_for<'a>(
@@ -204,17 +241,34 @@ async fn run_in_transaction(
 }
 
 /// MySQL: statements one by one inside a transaction, which rolls back DML but not DDL.
+/// Just before the first DDL, the interrupted row joins the transaction, so the implicit
+/// commit of that DDL commits the row with it; at the end the row is replaced with success.
+/// A file without DDL commits its success row with its statements, atomically.
 async fn run_mysql(
+    database: &Database,
     connection: &mut AnyConnection,
+    file: &MigrationFile,
     statements: &[Statement],
+    started: Instant,
 ) -> Result<(), Failure> {
-    let mut transaction = connection.begin().await.map_err(|error| Failure {
-        index: 0,
-        committed: 0,
-        index_known: false,
+    let fail = |index: usize, committed: usize, index_known: bool, error| Failure {
+        index,
+        committed,
+        index_known,
         error,
-    })?;
+    };
+    let last = statements.len().saturating_sub(1);
+    let mut transaction = connection.begin().await.map_err(|e| fail(0, 0, false, e))?;
+    let mut marked = false;
     for (index, statement) in statements.iter().enumerate() {
+        if !marked && is_ddl(statement) {
+            let marker = interrupted_row(file, "statements", started, statements.len());
+            if let Err(error) = database.insert_row(&mut transaction, &marker).await {
+                let _ = transaction.rollback().await;
+                return Err(fail(index, 0, false, error));
+            }
+            marked = true;
+        }
         if let Err(error) = sqlx::raw_sql(AssertSqlSafe(statement.text.clone()))
             .execute(&mut *transaction)
             .await
@@ -225,20 +279,36 @@ async fn run_mysql(
                 .iter()
                 .rposition(is_ddl)
                 .map_or(0, |last_ddl| last_ddl + 1);
-            return Err(Failure {
-                index,
-                committed,
-                index_known: true,
-                error,
-            });
+            return Err(fail(index, committed, true, error));
         }
     }
-    transaction.commit().await.map_err(|error| Failure {
-        index: statements.len().saturating_sub(1),
-        committed: 0,
-        index_known: false,
-        error,
-    })
+    let row = row_for(
+        file,
+        "statements",
+        started,
+        statements.len(),
+        statements.len(),
+        None,
+    );
+    if marked {
+        transaction
+            .commit()
+            .await
+            .map_err(|e| fail(last, 0, false, e))?;
+        // Committed DDL cannot be undone: a failure to record it leaves the interrupted row.
+        return database
+            .replace_row(connection, &row)
+            .await
+            .map_err(|e| fail(last, statements.len(), false, e));
+    }
+    if let Err(error) = database.insert_row(&mut transaction, &row).await {
+        let _ = transaction.rollback().await;
+        return Err(fail(last, 0, false, error));
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(|e| fail(last, 0, false, e))
 }
 
 /// No-transaction files: each statement on its own, committed as it completes.
