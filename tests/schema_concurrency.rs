@@ -74,6 +74,35 @@ fn two_concurrent_applies_apply_each_migration_once() {
     }
 }
 
+/// A project whose `users` table is applied, then an apply of `name` (which must take longer
+/// than three seconds) killed with SIGKILL three seconds in.
+fn kill_three_seconds_into(db: &TestDatabase, name: &str, sql: &str) -> Project {
+    let project = Project::new();
+    project.schema_config(&db.url, "");
+    project.migration(
+        "0001_create_users.sql",
+        "CREATE TABLE users (id BIGINT PRIMARY KEY);",
+    );
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    project.migration(name, sql);
+
+    let mut child = project
+        .command(&["apply", "--auto-approve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{:?}: the slow apply ended early",
+        db.backend
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    project
+}
+
 #[test]
 fn apply_killed_during_a_slow_migration_converges_on_rerun() {
     for (backend, slow) in [
@@ -95,28 +124,7 @@ fn apply_killed_during_a_slow_migration_converges_on_rerun() {
         let Some(db) = TestDatabase::create(backend) else {
             continue;
         };
-        let project = Project::new();
-        project.schema_config(&db.url, "");
-        project.migration(
-            "0001_create_users.sql",
-            "CREATE TABLE users (id BIGINT PRIMARY KEY);",
-        );
-        project.run(&["apply", "--auto-approve"]).expect_code(0);
-        project.migration("0003_slow.sql", slow);
-
-        let mut child = project
-            .command(&["apply", "--auto-approve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_secs(3));
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{backend:?}: the slow apply ended early"
-        );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let project = kill_three_seconds_into(&db, "0003_slow.sql", slow);
 
         let started = std::time::Instant::now();
         let rerun = project.run(&["apply", "--auto-approve"]);
@@ -152,25 +160,7 @@ fn apply_killed_after_a_commit_it_cannot_undo_is_refused_until_resolved() {
         let Some(db) = TestDatabase::create(backend) else {
             continue;
         };
-        let project = Project::new();
-        project.schema_config(&db.url, "");
-        project.migration(
-            "0001_create_users.sql",
-            "CREATE TABLE users (id BIGINT PRIMARY KEY);",
-        );
-        project.run(&["apply", "--auto-approve"]).expect_code(0);
-        project.migration("0002_audit.sql", file);
-
-        let mut child = project
-            .command(&["apply", "--auto-approve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_secs(3));
-        assert!(child.try_wait().unwrap().is_none(), "{backend:?}");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let project = kill_three_seconds_into(&db, "0002_audit.sql", file);
 
         assert!(db.table_exists("audit"), "{backend:?}");
         assert_eq!(db.history(), ["1:1", "2:0"], "{backend:?}");
