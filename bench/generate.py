@@ -120,7 +120,12 @@ def load(results, name):
 
 
 def by_name(hyperfine):
-    return {r["command"]: r for r in hyperfine["results"]}
+    """Each command's figures, its median time as `seconds`: one slow run on a shared
+    machine moves a mean, not a median."""
+    runs = {}
+    for result in hyperfine["results"]:
+        runs[result["command"]] = dict(result, seconds=result["median"])
+    return runs
 
 
 def summary(results):
@@ -138,10 +143,10 @@ def summary(results):
     if apply:
         runs = by_name(apply)
         ops, sqlx, session = runs["opsplan apply"], runs["sqlx migrate run"], runs["psql session"]
-        row("apply", "opsplan / psql session", ops["mean"] / session["mean"], 1.03,
-            f"{ops['mean']:.2f} s vs {session['mean']:.2f} s")
-        row("apply", "opsplan / sqlx migrate run", ops["mean"] / sqlx["mean"], None,
-            f"{ops['mean']:.2f} s vs {sqlx['mean']:.2f} s")
+        row("apply", "opsplan / psql session", ops["seconds"] / session["seconds"], 1.03,
+            f"{ops['seconds']:.2f} s vs {session['seconds']:.2f} s")
+        row("apply", "opsplan / sqlx migrate run", ops["seconds"] / sqlx["seconds"], None,
+            f"{ops['seconds']:.2f} s vs {sqlx['seconds']:.2f} s")
         ops_cpu = ops["user"] + ops["system"]
         sqlx_cpu = sqlx["user"] + sqlx["system"]
         row("apply", "client CPU, opsplan / sqlx-cli", ops_cpu / sqlx_cpu, 1.0,
@@ -151,14 +156,14 @@ def summary(results):
     if noop:
         runs = by_name(noop)
         ops, sqlx = runs["opsplan plan"], runs["sqlx migrate info"]
-        row("noop-plan", "opsplan plan / sqlx migrate info", ops["mean"] / sqlx["mean"], 1.0,
-            f"{ops['mean'] * 1000:.1f} ms vs {sqlx['mean'] * 1000:.1f} ms")
+        row("noop-plan", "opsplan plan / sqlx migrate info", ops["seconds"] / sqlx["seconds"], 1.0,
+            f"{ops['seconds'] * 1000:.1f} ms vs {sqlx['seconds'] * 1000:.1f} ms")
 
     slow = load(results, "slow-backends")
     if slow:
         runs = by_name(slow)
-        plan = runs["opsplan plan, all four"]["mean"]
-        singles = {k: v["mean"] for k, v in runs.items() if k.startswith("read alone: ")}
+        plan = runs["opsplan plan, all four"]["seconds"]
+        singles = {k: v["seconds"] for k, v in runs.items() if k.startswith("read alone: ")}
         total = sum(singles.values())
         slowest_name = max(singles, key=singles.get)
         slowest = singles[slowest_name]
@@ -172,8 +177,8 @@ def summary(results):
         runs = by_name(validate)
         ops, promtool = runs["opsplan validate"], runs["promtool check rules"]
         row("validate", "opsplan validate / promtool check rules",
-            ops["mean"] / promtool["mean"], 0.5,
-            f"{ops['mean'] * 1000:.1f} ms vs {promtool['mean'] * 1000:.1f} ms")
+            ops["seconds"] / promtool["seconds"], 0.5,
+            f"{ops['seconds'] * 1000:.1f} ms vs {promtool['seconds'] * 1000:.1f} ms")
 
     scaling = load(results, "scaling")
     if scaling:
@@ -193,7 +198,7 @@ def summary(results):
         lines.append(f"| {benchmark} | {what} | {ratio} | {target} | {verdict} | {detail} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(results, "summary.md"), "w") as file:
-        file.write("# Ratios of the last run of each benchmark\n\n" + text)
+        file.write("# Ratios of the last run of each benchmark\n\nMedian times; CPU figures are means.\n\n" + text)
     print(text, end="")
 
 
