@@ -164,10 +164,28 @@ impl Engine {
             .cloned()
     }
 
+    /// Every resource's offline checks, each concern on a thread of its own (splitting
+    /// every migration and parsing every PromQL expression are independent), reported in
+    /// resource order.
     pub fn validate(&self) -> Diagnostics {
+        let found: Vec<Diagnostics> = std::thread::scope(|scope| {
+            let checks: Vec<_> = self
+                .resources()
+                .into_iter()
+                .map(|resource| scope.spawn(move || resource.validate()))
+                .collect();
+            checks
+                .into_iter()
+                .map(|check| {
+                    check
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
         let mut problems = Diagnostics::default();
-        for resource in self.resources() {
-            problems.extend(resource.validate());
+        for diagnostics in found {
+            problems.extend(diagnostics);
         }
         problems
     }
@@ -212,27 +230,36 @@ impl Engine {
             .into_iter()
             .filter(|r| only.is_none_or(|only| only.contains(r.address())))
             .collect();
-        let reads = join_all(ordered.iter().map(|resource| async move {
-            let started = std::time::Instant::now();
-            let live = resource.read().await;
-            tracing::debug!(
-                address = resource.address(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                ok = live.is_ok(),
-                "read live state"
-            );
-            live
-        }))
-        .await;
+        // Each resource reads and diffs in a task of its own, so that one parsing files or
+        // diffing many rules on a worker does not hold up another waiting on its server.
+        let tasks = ordered.iter().map(|resource| {
+            let resource = Arc::clone(resource);
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let live = resource.read().await;
+                tracing::debug!(
+                    address = resource.address(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    ok = live.is_ok(),
+                    "read live state"
+                );
+                live.and_then(|live| {
+                    let fingerprint = resource.fingerprint(&live);
+                    resource.diff(&live).map(|diff| (fingerprint, diff))
+                })
+            })
+        });
+        let outcomes = join_all(tasks).await;
 
         ordered
             .iter()
-            .zip(reads)
-            .map(|(resource, live)| {
-                let outcome = live.and_then(|live| {
-                    let fingerprint = resource.fingerprint(&live);
-                    resource.diff(&live).map(|diff| (fingerprint, diff))
-                });
+            .zip(outcomes)
+            .map(|(resource, outcome)| {
+                let outcome = match outcome {
+                    Ok(outcome) => outcome,
+                    Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                    Err(error) => panic!("reading {} stopped: {error}", resource.address()),
+                };
                 Observation {
                     address: resource.address().to_string(),
                     kind: resource.kind().to_string(),

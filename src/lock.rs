@@ -123,11 +123,16 @@ pub fn shown_holder(holder: String) -> String {
     }
 }
 
-/// Who is running, as `user@host`.
+/// Who is running, as `user@host`; looked up once per run (every history row names it).
 pub fn operator() -> String {
-    let user = whoami::username().unwrap_or_else(|_| "unknown".to_string());
-    let host = whoami::hostname().unwrap_or_else(|_| "unknown-host".to_string());
-    format!("{user}@{host}")
+    static OPERATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OPERATOR
+        .get_or_init(|| {
+            let user = whoami::username().unwrap_or_else(|_| "unknown".to_string());
+            let host = whoami::hostname().unwrap_or_else(|_| "unknown-host".to_string());
+            format!("{user}@{host}")
+        })
+        .clone()
 }
 
 /// Who holds a lock: `user@host pid N since TIME`.

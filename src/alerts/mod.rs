@@ -326,8 +326,11 @@ impl AlertsResource {
                 .files
                 .get(namespace)
                 .and_then(|file| file.groups.iter().find(|g| &g.name == name));
-            let desired_text = rules::render_group(&sourced.group);
             match existing {
+                // The group as opsplan wrote it: nothing to normalize or show.
+                Some(current) if current == &sourced.group => {
+                    tracing::debug!(%address, "live group is the desired one, field for field");
+                }
                 None => diff.changes.push(Change {
                     address,
                     action: Action::Create,
@@ -339,7 +342,10 @@ impl AlertsResource {
                     attributes: vec![
                         Attribute::added("file", self.shown_file(namespace)),
                         Attribute::added("rules", rule_names(&sourced.group)),
-                        Attribute::added("diff", unified_diff("", &desired_text)),
+                        Attribute::added(
+                            "diff",
+                            unified_diff("", &rules::render_group(&sourced.group)),
+                        ),
                     ],
                     data: change_data(namespace, name, Some(&sourced.group)),
                 }),
@@ -364,7 +370,10 @@ impl AlertsResource {
                             Attribute::added("changed", fields.join("; ")),
                             Attribute::added(
                                 "diff",
-                                unified_diff(&rules::render_group(current), &desired_text),
+                                unified_diff(
+                                    &rules::render_group(current),
+                                    &rules::render_group(&sourced.group),
+                                ),
                             ),
                         ],
                         data: change_data(namespace, name, Some(&sourced.group)),

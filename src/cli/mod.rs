@@ -172,15 +172,24 @@ pub fn load(cli: &Cli) -> Result<Loaded, Failure> {
 pub fn load_replacing(cli: &Cli, replace: &[String]) -> Result<Loaded, Failure> {
     let config = Config::load(&cli.config)?;
     let mut resources: Vec<Arc<dyn Resource>> = Vec::new();
-    let schema = config
-        .schema
-        .clone()
-        .map(|schema| Arc::new(SchemaResource::new(schema)));
+    // Reading every migration file and every included rule file is most of the work before
+    // the first request; the two concerns read theirs side by side.
+    let (schema, alerts) = std::thread::scope(|scope| {
+        let alerts = scope.spawn(|| config.alerts.clone().map(AlertsResource::new));
+        let schema = config
+            .schema
+            .clone()
+            .map(|schema| Arc::new(SchemaResource::new(schema)));
+        let alerts = alerts
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (schema, alerts)
+    });
     if let Some(schema) = &schema {
         resources.push(schema.clone());
     }
-    if let Some(alerts) = config.alerts.clone() {
-        resources.push(Arc::new(AlertsResource::new(alerts)));
+    if let Some(alerts) = alerts {
+        resources.push(Arc::new(alerts));
     }
     if let Some(mail) = config.mail.clone() {
         let mail = MailResource::new(mail);

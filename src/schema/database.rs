@@ -5,7 +5,7 @@
 //! moment the process dies, and a killed apply never leaves a lock behind.
 
 use std::path::PathBuf;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use sqlx::AnyConnection;
@@ -116,6 +116,8 @@ pub struct Database {
     locked: Mutex<bool>,
     /// Bounds connecting and each bookkeeping step; migrations run unbounded.
     timeout: Duration,
+    /// The statement that records a migration, made once.
+    insert_sql: OnceLock<String>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -136,6 +138,7 @@ impl Database {
             file_lock,
             locked: Mutex::new(false),
             timeout,
+            insert_sql: OnceLock::new(),
         }
     }
 
@@ -778,7 +781,11 @@ impl Database {
         self.connection(true).await
     }
 
-    pub fn insert_sql(&self) -> String {
+    pub fn insert_sql(&self) -> &str {
+        self.insert_sql.get_or_init(|| self.make_insert_sql())
+    }
+
+    fn make_insert_sql(&self) -> String {
         let p = |n: usize| self.dialect.placeholder(n);
         format!(
             "INSERT INTO {} (version, description, script, checksum, checksum_algorithm, \
@@ -808,7 +815,7 @@ impl Database {
         connection: &mut AnyConnection,
         row: &NewHistoryRow<'_>,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(AssertSqlSafe(self.insert_sql()))
+        sqlx::query(AssertSqlSafe(self.insert_sql().to_string()))
             .bind(row.version as i64)
             .bind(row.description.to_string())
             .bind(row.script.to_string())

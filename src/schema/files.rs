@@ -1,7 +1,9 @@
 //! Migration files on disk: naming, ordering, checksums and directives.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
@@ -30,6 +32,9 @@ pub struct MigrationFile {
     pub sql: String,
     pub checksum: String,
     pub no_transaction: bool,
+    /// The statements, split once for the dialect first asked: validation, the plan and
+    /// the apply each need them.
+    split: OnceLock<(Dialect, Vec<Statement>)>,
 }
 
 impl MigrationFile {
@@ -38,8 +43,15 @@ impl MigrationFile {
         self.file_name.trim_end_matches(".sql")
     }
 
-    pub fn statements(&self, dialect: Dialect) -> Vec<Statement> {
-        split(&self.sql, dialect)
+    pub fn statements(&self, dialect: Dialect) -> Cow<'_, [Statement]> {
+        let (split_for, statements) = self
+            .split
+            .get_or_init(|| (dialect, split(&self.sql, dialect)));
+        if *split_for == dialect {
+            Cow::Borrowed(statements)
+        } else {
+            Cow::Owned(split(&self.sql, dialect))
+        }
     }
 }
 
@@ -152,6 +164,7 @@ pub fn load_migrations(dir: &Path, shown_dir: &str) -> Result<Vec<MigrationFile>
             path,
             sql,
             no_transaction,
+            split: OnceLock::new(),
         });
     }
 
