@@ -186,7 +186,7 @@ pub fn load_migrations(dir: &Path, shown_dir: &str) -> Result<Vec<MigrationFile>
 }
 
 /// Reads the first-line directive: `Ok(true)` for no-transaction.
-fn directive(sql: &str) -> Result<bool, String> {
+pub fn directive(sql: &str) -> Result<bool, String> {
     let first = sql.lines().next().unwrap_or_default().trim();
     let Some(rest) = first.strip_prefix("--") else {
         return Ok(false);
