@@ -117,7 +117,7 @@ fn apply_killed_during_a_slow_migration_converges_on_rerun() {
         (
             Backend::Sqlite,
             // A recursive query that keeps SQLite busy for several seconds.
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 15000000) \
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000000) \
              SELECT count(*) FROM n;\nALTER TABLE users ADD COLUMN tz TEXT;\n",
         ),
     ] {
