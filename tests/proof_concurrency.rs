@@ -12,26 +12,13 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{ALL, Backend, Project, Run, TestDatabase};
+use common::{ALL, Backend, Project, Run, TestDatabase, busy_statement};
 
 fn trials() -> usize {
     std::env::var("OPSPLAN_PROOF_TRIALS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(3)
-}
-
-/// A statement that keeps the database busy for about half a second, so that the other
-/// processes find the lock taken.
-fn slow_statement(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "SELECT pg_sleep(0.5);",
-        Backend::MySql => "SELECT SLEEP(0.5);",
-        Backend::Sqlite => {
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) \
-             SELECT count(*) FROM n;"
-        }
-    }
 }
 
 /// What a waiting run must say about the holder, per database.
@@ -63,7 +50,10 @@ fn run_trial(backend: Backend, processes: usize) -> Option<(Trial, Vec<String>)>
         "0001_create_accounts.sql",
         "CREATE TABLE accounts (id BIGINT PRIMARY KEY);",
     );
-    project.migration("0002_wait_a_little.sql", slow_statement(backend));
+    project.migration(
+        "0002_wait_a_little.sql",
+        &busy_statement(backend, 0.5, 1_000_000),
+    );
     project.migration(
         "0003_add_plan_tier.sql",
         "ALTER TABLE accounts ADD COLUMN plan_tier VARCHAR(20) NOT NULL DEFAULT 'free';",

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ALL, Backend, Project, TestDatabase};
+use common::{ALL, Backend, Project, TestDatabase, busy_statement};
 use prometheus::PrometheusServer;
 
 fn trials() -> usize {
@@ -82,6 +82,14 @@ impl Tally {
             "{}:\n{}",
             self.kind,
             self.failures.join("\n")
+        );
+        // With enough trials, kills that never land during an apply would prove nothing.
+        assert!(
+            self.trials < 10 || self.killed * 5 >= self.trials,
+            "{}: only {} of {} kills landed during an apply",
+            self.kind,
+            self.killed,
+            self.trials
         );
     }
 }
@@ -141,18 +149,6 @@ fn rerun_converges(project: &Project, trial: usize, tally: &mut Tally) {
 
 // ---- schema ----
 
-/// A statement that keeps the database busy for a moment, so kills land inside migrations.
-fn pause(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "SELECT pg_sleep(0.05);",
-        Backend::MySql => "SELECT SLEEP(0.05);",
-        Backend::Sqlite => {
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
-             SELECT count(*) FROM n;"
-        }
-    }
-}
-
 const SCHEMA_VERSIONS: u64 = 6;
 /// The migration with DDL after its first statement: on MySQL it cannot run atomically.
 const DDL_VERSION: u64 = 4;
@@ -170,7 +166,7 @@ fn schema_project(db: &TestDatabase) -> Project {
     for version in 2..=SCHEMA_VERSIONS {
         let mut sql = format!(
             "INSERT INTO effects (version, note) VALUES ({version}, 'first half');\n{}\n",
-            pause(db.backend)
+            busy_statement(db.backend, 0.05, 100_000)
         );
         if version == DDL_VERSION {
             sql.push_str("CREATE TABLE audit_marks (id INTEGER PRIMARY KEY);\n");

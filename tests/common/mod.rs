@@ -387,6 +387,19 @@ pub fn for_each_backend(backends: &[Backend], body: impl Fn(TestDatabase)) {
     }
 }
 
+/// A statement that keeps `backend` busy: `seconds` of sleep on a server, or counting to
+/// `sqlite_count` on SQLite, which cannot sleep.
+pub fn busy_statement(backend: Backend, seconds: f64, sqlite_count: u64) -> String {
+    match backend {
+        Backend::Postgres => format!("SELECT pg_sleep({seconds});"),
+        Backend::MySql => format!("SELECT SLEEP({seconds});"),
+        Backend::Sqlite => format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < \
+             {sqlite_count}) SELECT count(*) FROM n;"
+        ),
+    }
+}
+
 pub const ALL: &[Backend] = &[Backend::Sqlite, Backend::Postgres, Backend::MySql];
 pub const TRANSACTIONAL: &[Backend] = &[Backend::Sqlite, Backend::Postgres];
 
