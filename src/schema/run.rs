@@ -78,36 +78,38 @@ pub async fn run_migration(
     };
     tracing::debug!(file = %shown_file, statements = statements.len(), no_transaction = file.no_transaction, "running migration");
 
+    // `Ok(true)`: the file ran, and its interrupted row waits to be replaced with success.
     let outcome = if file.no_transaction {
         let marker = interrupted_row(file, execution, started, statements.len());
         database
             .insert_row(connection, &marker)
             .await
-            .map_err(|e| record_failed(database, &shown_file, e))?;
-        match run_one_at_a_time(connection, &statements).await {
-            Ok(()) => {
-                let row = row_for(
-                    file,
-                    execution,
-                    started,
-                    statements.len(),
-                    statements.len(),
-                    None,
-                );
-                database
-                    .replace_row(connection, &row)
-                    .await
-                    .map_err(|e| record_failed(database, &shown_file, e))?;
-                Ok(())
-            }
-            Err(failure) => Err(failure),
-        }
+            .map_err(|e| not_started(database, &shown_file, e))?;
+        run_one_at_a_time(connection, &statements)
+            .await
+            .map(|()| true)
     } else if dialect == Dialect::MySql {
         run_mysql(database, connection, file, &statements, started).await
     } else {
-        run_in_transaction(database, connection, file, &statements, started).await
+        run_in_transaction(database, connection, file, &statements, started)
+            .await
+            .map(|()| false)
     };
 
+    if let Ok(true) = outcome {
+        let row = row_for(
+            file,
+            execution,
+            started,
+            statements.len(),
+            statements.len(),
+            None,
+        );
+        database
+            .replace_row(connection, &row)
+            .await
+            .map_err(|e| record_failed(database, &shown_file, file.version, e))?;
+    }
     let Err(failure) = outcome else {
         return Ok(done(&statements, started));
     };
@@ -242,15 +244,15 @@ async fn run_in_transaction(
 
 /// MySQL: statements one by one inside a transaction, which rolls back DML but not DDL.
 /// Just before the first DDL, the interrupted row joins the transaction, so the implicit
-/// commit of that DDL commits the row with it; at the end the row is replaced with success.
-/// A file without DDL commits its success row with its statements, atomically.
+/// commit of that DDL commits the row with it; `Ok(true)` says that row waits to be replaced
+/// with success. A file without DDL commits its success row with its statements, atomically.
 async fn run_mysql(
     database: &Database,
     connection: &mut AnyConnection,
     file: &MigrationFile,
     statements: &[Statement],
     started: Instant,
-) -> Result<(), Failure> {
+) -> Result<bool, Failure> {
     let fail = |index: usize, committed: usize, index_known: bool, error| Failure {
         index,
         committed,
@@ -282,32 +284,24 @@ async fn run_mysql(
             return Err(fail(index, committed, true, error));
         }
     }
-    let row = row_for(
-        file,
-        "statements",
-        started,
-        statements.len(),
-        statements.len(),
-        None,
-    );
-    if marked {
-        transaction
-            .commit()
-            .await
-            .map_err(|e| fail(last, 0, false, e))?;
-        // Committed DDL cannot be undone: a failure to record it leaves the interrupted row.
-        return database
-            .replace_row(connection, &row)
-            .await
-            .map_err(|e| fail(last, statements.len(), false, e));
-    }
-    if let Err(error) = database.insert_row(&mut transaction, &row).await {
-        let _ = transaction.rollback().await;
-        return Err(fail(last, 0, false, error));
+    if !marked {
+        let row = row_for(
+            file,
+            "statements",
+            started,
+            statements.len(),
+            statements.len(),
+            None,
+        );
+        if let Err(error) = database.insert_row(&mut transaction, &row).await {
+            let _ = transaction.rollback().await;
+            return Err(fail(last, 0, false, error));
+        }
     }
     transaction
         .commit()
         .await
+        .map(|()| marked)
         .map_err(|e| fail(last, 0, false, e))
 }
 
@@ -425,10 +419,26 @@ fn statement_at_error(error: &sqlx::Error, sql: &str, statements: &[Statement]) 
     statements.iter().rposition(|s| s.offset <= byte)
 }
 
-fn record_failed(database: &Database, shown_file: &str, error: sqlx::Error) -> SchemaError {
+fn record_failed(
+    database: &Database,
+    shown_file: &str,
+    version: u64,
+    error: sqlx::Error,
+) -> SchemaError {
     SchemaError::Migration(format!(
-        "{shown_file} ran, but recording it in {} failed: {}. Check the table, then run \
-         `opsplan schema mark-applied`",
+        "{shown_file} ran, but recording it in {} failed: {}. The table says version \
+         {version} was interrupted; check the table and the schema, then run `opsplan schema \
+         mark-applied {version}`",
+        database.table(),
+        database_error_text(&error)
+    ))
+}
+
+/// The interrupted row could not be written, so nothing of the file was run.
+fn not_started(database: &Database, shown_file: &str, error: sqlx::Error) -> SchemaError {
+    SchemaError::Migration(format!(
+        "{shown_file} was not run: recording its start in {} failed: {}. Check that the \
+         table is writable by this user, then run apply again",
         database.table(),
         database_error_text(&error)
     ))
