@@ -11,28 +11,6 @@ use common::{Project, Run};
 use opsplan::keyset::key_id;
 use serde_json::{Value, json};
 
-/// The runbook's variables that would leak into a test from the machine's environment.
-const AMBIENT: &[&str] = &[
-    "KMS_PROVIDER",
-    "VAULT_ADDR",
-    "VAULT_TOKEN",
-    "VAULT_KV_PATH",
-    "VAULT_NAMESPACE",
-    "VAULT_CACERT",
-    "HMAC_SECRETS",
-    "HMAC_SECRET",
-];
-
-fn opsplan(project: &Project, args: &[&str]) -> Run {
-    let mut command = project.command(args);
-    for name in AMBIENT {
-        if !project.env.iter().any(|(set, _)| set == name) {
-            command.env_remove(name);
-        }
-    }
-    command.output().expect("run opsplan").into()
-}
-
 #[track_caller]
 fn assert_lacks(run: &Run, secrets: &[String]) {
     for secret in secrets {
@@ -67,15 +45,14 @@ fn list(fields: &BTreeMap<String, String>) -> Vec<String> {
 fn two_keys() -> (Project, Vec<String>) {
     let project = Project::new();
     project.config("[keyset]\n");
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
-    opsplan(
-        &project,
-        &["apply", "--auto-approve", "--replace", "keyset.hmac"],
-    )
-    .expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    project
+        .run(&["apply", "--auto-approve", "--replace", "keyset.hmac"])
+        .expect_code(0);
     let keys = list(&key_file(&project));
     assert_eq!(keys.len(), 2);
-    opsplan(&project, &["drift"])
+    project
+        .run(&["drift"])
         .expect_code(0)
         .expect_contains("No drift");
     (project, keys)
@@ -89,7 +66,7 @@ fn a_pending_key_removed_by_hand_from_the_file_is_drift_that_apply_records() {
     fields.insert("HMAC_SECRETS".into(), keys[0].clone());
     write_key_file(&project, &fields);
 
-    let drift = opsplan(&project, &["drift"]);
+    let drift = project.run(&["drift"]);
     drift
         .expect_code(2)
         .expect_contains(&format!(
@@ -101,17 +78,18 @@ fn a_pending_key_removed_by_hand_from_the_file_is_drift_that_apply_records() {
         );
     assert_lacks(&drift, &keys);
 
-    let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let plan = project.run(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2).expect_contains(&format!(
         "key {pending}: pending (removed outside opsplan) -> forgotten"
     ));
     assert_lacks(&plan, &keys);
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(list(&key_file(&project)), [keys[0].clone()]);
     let metadata: Value = serde_json::from_str(&key_file(&project)["opsplan_metadata"]).unwrap();
     assert_eq!(metadata["keys"][0]["id"], primary.as_str());
     assert_eq!(metadata["keys"].as_array().unwrap().len(), 1);
-    opsplan(&project, &["drift"])
+    project
+        .run(&["drift"])
         .expect_code(0)
         .expect_contains("No drift");
 }
@@ -130,7 +108,7 @@ fn the_primary_removed_by_hand_is_refused_until_replace_accepts_it() {
          HMAC_SECRETS outside opsplan; the application now signs with {pending}, which \
          opsplan did not make primary; apply refuses to go on from here"
     );
-    let drift = opsplan(&project, &["drift"]);
+    let drift = project.run(&["drift"]);
     drift
         .expect_code(2)
         .expect_contains(&format!("! {finding}"));
@@ -139,23 +117,21 @@ fn the_primary_removed_by_hand_is_refused_until_replace_accepts_it() {
         "{}",
         drift.all()
     );
-    let plan = opsplan(&project, &["plan"]);
+    let plan = project.run(&["plan"]);
     plan.expect_code(1).expect_contains(&finding);
     let before = std::fs::read_to_string(project.path().join(".opsplan/keys.json")).unwrap();
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(1);
+    project.run(&["apply", "--auto-approve"]).expect_code(1);
     let after = std::fs::read_to_string(project.path().join(".opsplan/keys.json")).unwrap();
     assert_eq!(before, after, "a refused apply writes nothing");
 
     // --replace accepts the store as it is and starts a rotation.
-    opsplan(
-        &project,
-        &["apply", "--auto-approve", "--replace", "keyset.hmac"],
-    )
-    .expect_code(0);
+    project
+        .run(&["apply", "--auto-approve", "--replace", "keyset.hmac"])
+        .expect_code(0);
     let now = list(&key_file(&project));
     assert_eq!(now[0], keys[1]);
     assert_eq!(now.len(), 2);
-    opsplan(&project, &["drift"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
 }
 
 #[test]
@@ -165,20 +141,22 @@ fn hmac_secret_edited_by_hand_is_put_back_and_edited_metadata_is_refused() {
     let mut fields = key_file(&project);
     fields.insert("HMAC_SECRET".into(), keys[1].clone());
     write_key_file(&project, &fields);
-    opsplan(&project, &["drift"])
+    project
+        .run(&["drift"])
         .expect_code(2)
         .expect_contains(&format!(
             "! keyset.hmac: file .opsplan/keys.json: HMAC_SECRET was edited outside opsplan: it \
          holds key {pending}, not the first key of HMAC_SECRETS, {primary}"
         ));
-    opsplan(&project, &["plan"])
+    project
+        .run(&["plan"])
         .expect_code(0)
         .expect_contains(&format!(
             "HMAC_SECRET: key {pending} -> key {primary} (value hidden)"
         ));
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(key_file(&project)["HMAC_SECRET"], keys[0]);
-    opsplan(&project, &["drift"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
 
     // A key's state edited in the metadata: opsplan's record can no longer be trusted.
     let mut fields = key_file(&project);
@@ -187,28 +165,26 @@ fn hmac_secret_edited_by_hand_is_put_back_and_edited_metadata_is_refused() {
         fields["opsplan_metadata"].replace("\"pending\"", "\"retired\""),
     );
     write_key_file(&project, &fields);
-    opsplan(&project, &["drift"])
-        .expect_code(2)
-        .expect_contains(
-            "! keyset.hmac: file .opsplan/keys.json: opsplan_metadata was edited outside \
+    project.run(&["drift"]).expect_code(2).expect_contains(
+        "! keyset.hmac: file .opsplan/keys.json: opsplan_metadata was edited outside \
          opsplan: its digest no longer matches the key states and times it holds",
-        );
-    opsplan(&project, &["plan"]).expect_code(1);
+    );
+    project.run(&["plan"]).expect_code(1);
 }
 
 #[test]
 fn a_rotation_merely_due_is_pending_work_not_drift() {
     let project = Project::new();
     project.config("[keyset]\nrotate_after = \"2s\"\n");
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     std::thread::sleep(Duration::from_millis(2200));
-    let drift = opsplan(&project, &["drift"]);
+    let drift = project.run(&["drift"]);
     drift
         .expect_code(0)
         .expect_contains("No drift: live state matches what opsplan applied.")
         .expect_contains("Pending: 1 change(s)")
         .expect_contains("~ keyset.hmac: publish a new pending key");
-    let json = opsplan(&project, &["drift", "--format", "json"]);
+    let json = project.run(&["drift", "--format", "json"]);
     json.expect_code(0);
     let report: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(report["drift"], json!([]));
@@ -228,12 +204,10 @@ fn vault_project(bao: &OpenBao) -> Project {
 fn a_key_removed_by_hand_from_vault_kv2_is_drift() {
     let Some(bao) = OpenBao::start() else { return };
     let project = vault_project(&bao);
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
-    opsplan(
-        &project,
-        &["apply", "--auto-approve", "--replace", "keyset.hmac"],
-    )
-    .expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    project
+        .run(&["apply", "--auto-approve", "--replace", "keyset.hmac"])
+        .expect_code(0);
     let (version, mut data) = bao.kv2_get("secret", "app/hmac");
     assert_eq!(version, 2);
     let keys: Vec<String> = data["HMAC_SECRETS"]
@@ -242,11 +216,11 @@ fn a_key_removed_by_hand_from_vault_kv2_is_drift() {
         .split(',')
         .map(str::to_string)
         .collect();
-    opsplan(&project, &["drift"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
 
     data["HMAC_SECRETS"] = json!(keys[0]);
     bao.kv2_put("secret", "app/hmac", data);
-    let drift = opsplan(&project, &["drift", "--format", "json"]);
+    let drift = project.run(&["drift", "--format", "json"]);
     drift.expect_code(2);
     assert_lacks(&drift, &keys);
     let report: Value = serde_json::from_str(&drift.stdout).unwrap();
@@ -262,16 +236,16 @@ fn a_key_removed_by_hand_from_vault_kv2_is_drift() {
             ),
         }])
     );
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(bao.kv2_get("secret", "app/hmac").0, 4);
-    opsplan(&project, &["drift"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
 }
 
 #[test]
 fn a_kv2_secret_deleted_by_hand_is_refused_until_replace_publishes_a_new_set() {
     let Some(bao) = OpenBao::start() else { return };
     let project = vault_project(&bao);
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     let (status, _) = bao.root("DELETE", "secret/data/app/hmac", None);
     assert_eq!(status, 204);
 
@@ -280,20 +254,20 @@ fn a_kv2_secret_deleted_by_hand_is_refused_until_replace_publishes_a_new_set() {
          latest version (1) has no data, so the application has no key; apply refuses",
         bao.addr
     );
-    opsplan(&project, &["drift"])
+    project
+        .run(&["drift"])
         .expect_code(2)
         .expect_contains(&format!("! {finding}"));
-    opsplan(&project, &["plan"])
+    project
+        .run(&["plan"])
         .expect_code(1)
         .expect_contains(&finding)
         .expect_contains("and publish a new key set");
-    opsplan(
-        &project,
-        &["apply", "--auto-approve", "--replace", "keyset.hmac"],
-    )
-    .expect_code(0);
+    project
+        .run(&["apply", "--auto-approve", "--replace", "keyset.hmac"])
+        .expect_code(0);
     let (version, data) = bao.kv2_get("secret", "app/hmac");
     assert_eq!(version, 2);
     assert_eq!(data["HMAC_SECRETS"], data["HMAC_SECRET"]);
-    opsplan(&project, &["drift"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
 }

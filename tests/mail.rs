@@ -17,35 +17,11 @@ const VERIFY_TO: &str = "admin@example.com";
 const SUBJECT: &str = "opsplan mail verification";
 const REDIS: &str = "127.0.0.1:6379";
 
-/// The runbook's variables, which a test sets explicitly or not at all.
-const RUNBOOK: &[&str] = &[
-    "MAIL_PROVIDER",
-    "SMTP_HOST",
-    "SMTP_PORT",
-    "SMTP_USER",
-    "SMTP_PASS",
-    "SMTP_FROM",
-    "MAIL_QUEUE_KEY",
-];
-
-fn command(project: &Project, args: &[&str]) -> std::process::Command {
-    let mut command = project.command(args);
-    for name in RUNBOOK {
-        if !project.env.iter().any(|(set, _)| set == name) {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-fn opsplan(project: &Project, args: &[&str]) -> Run {
-    command(project, args).output().expect("run opsplan").into()
-}
-
 /// Runs opsplan, killing it after `limit` as `timeout 120 opsplan …` would (and failing).
 fn opsplan_within(project: &Project, args: &[&str], limit: Duration) -> (Run, Duration) {
     let started = Instant::now();
-    let mut child = command(project, args)
+    let mut child = project
+        .command(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -138,7 +114,7 @@ fn probe_publish_and_verify(listener: &str, tls: &str, tls_detail: &str) {
         &format!("verify_to = \"{VERIFY_TO}\""),
     ));
 
-    let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let plan = project.run(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2);
     assert_probes_passed(&plan, tls_detail);
     plan.expect_contains("+ mail.settings")
@@ -160,7 +136,7 @@ fn probe_publish_and_verify(listener: &str, tls: &str, tls_detail: &str) {
     assert!(verbs.contains(&"AUTH".to_string()), "{verbs:?}");
     assert_eq!(verbs.last().map(String::as_str), Some("QUIT"), "{verbs:?}");
 
-    let apply = opsplan(&project, &["apply", "--auto-approve"]);
+    let apply = project.run(&["apply", "--auto-approve"]);
     apply.expect_code(0);
     apply
         .expect_contains("mail.settings: done (7 setting(s) published to file ")
@@ -194,20 +170,17 @@ fn probe_publish_and_verify(listener: &str, tls: &str, tls_detail: &str) {
     assert!(raw.contains(&format!("To: {VERIFY_TO}\r\n")), "{raw}");
 
     // Settings in place: nothing to do, and no second message.
-    let again = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let again = project.run(&["plan", "--detailed-exitcode"]);
     again
         .expect_code(0)
         .expect_contains("mail.settings: smtp settings published (127.0.0.1:")
         .expect_contains("No changes. Live state matches the configuration.");
     assert_lacks(&again, "mail.verification");
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(servers.messages().len(), 1);
 
     // Asked for explicitly, the message goes out once more with nothing else changed.
-    let asked = opsplan(
-        &project,
-        &["apply", "--auto-approve", "--send-verification"],
-    );
+    let asked = project.run(&["apply", "--auto-approve", "--send-verification"]);
     asked
         .expect_code(0)
         .expect_contains("+ mail.verification")
@@ -240,7 +213,7 @@ fn starttls_comes_before_auth_on_the_wire() {
     let mut project = Project::new();
     with_credentials(&mut project, PASSWORD);
     project.config(&smtp_section(&servers, servers.starttls, "starttls", ""));
-    opsplan(&project, &["plan"]).expect_code(0);
+    project.run(&["plan"]).expect_code(0);
     assert_eq!(
         servers.verbs("starttls"),
         ["EHLO", "STARTTLS", "EHLO", "AUTH", "QUIT"]
@@ -374,7 +347,7 @@ fn a_certificate_from_an_untrusted_authority_is_refused() {
          user = \"ops\"\npassword = \"${{env:SMTP_PASS}}\"\nfrom = \"ops@example.com\"\n",
         servers.starttls
     ));
-    let plan = opsplan(&project, &["plan"]);
+    let plan = project.run(&["plan"]);
     plan.expect_code(1)
         .expect_contains(&format!(
             "SMTP server 127.0.0.1:{}: STARTTLS failed",
@@ -399,7 +372,7 @@ fn credentials_are_never_sent_over_an_unencrypted_connection() {
     with_credentials(&mut project, PASSWORD);
     project.config("[mail]\n");
 
-    let apply = opsplan(&project, &["apply", "--auto-approve"]);
+    let apply = project.run(&["apply", "--auto-approve"]);
     apply.expect_code(1).expect_contains(&format!(
         "SMTP server 127.0.0.1:{} does not offer STARTTLS, so the connection would stay \
              unencrypted; credentials will not be sent over an unencrypted connection. Use \
@@ -415,7 +388,7 @@ fn credentials_are_never_sent_over_an_unencrypted_connection() {
     // Forcing tls = "none" with credentials is refused before any connection is made.
     let before = servers.commands().len();
     project.config("[mail]\ntls = \"none\"\n");
-    let plan = opsplan(&project, &["plan"]);
+    let plan = project.run(&["plan"]);
     plan.expect_code(1).expect_contains(
         "ops.toml:2:7: credentials will not be sent over an unencrypted connection \
          (mail.tls = \"none\")",
@@ -439,7 +412,7 @@ fn without_credentials_no_auth_is_attempted_and_mail_is_accepted() {
         "[mail]\ntls = \"none\"\nverify_to = \"{VERIFY_TO}\"\n"
     ));
 
-    let apply = opsplan(&project, &["apply", "--auto-approve"]);
+    let apply = project.run(&["apply", "--auto-approve"]);
     apply
         .expect_code(0)
         .expect_contains("mail.verification: done (verification message sent to");
@@ -466,7 +439,7 @@ fn user_with_an_empty_password_is_a_config_error_at_plan_time() {
     project.set_env("SMTP_USER", "ops");
     project.set_env("SMTP_PASS", "");
     project.config("[mail]\n");
-    let plan = opsplan(&project, &["plan"]);
+    let plan = project.run(&["plan"]);
     plan.expect_code(1).expect_contains(
         "error: ops.toml:1:1: mail.user (from SMTP_USER) is set, but the password is empty",
     );
@@ -481,10 +454,10 @@ fn changing_only_the_password_shows_changed_and_never_a_value() {
     let mut project = Project::new();
     with_credentials(&mut project, PASSWORD);
     project.config(&smtp_section(&servers, servers.starttls, "starttls", ""));
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
 
     // Unchanged: no change at all.
-    let same = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let same = project.run(&["plan", "--detailed-exitcode"]);
     same.expect_code(0).expect_contains("No changes.");
 
     let mut changed = Project {
@@ -492,7 +465,7 @@ fn changing_only_the_password_shows_changed_and_never_a_value() {
         env: Vec::new(),
     };
     with_credentials(&mut changed, OTHER_PASSWORD);
-    let plan = opsplan(&changed, &["plan", "--detailed-exitcode"]);
+    let plan = changed.run(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
         .expect_contains("~ mail.settings\n      password: changed\n\n")
         .expect_contains("Plan: 0 to add, 1 to change, 0 to destroy.");
@@ -500,9 +473,9 @@ fn changing_only_the_password_shows_changed_and_never_a_value() {
     assert_lacks(&plan, OTHER_PASSWORD);
     assert_lacks(&plan, "host");
 
-    opsplan(&changed, &["apply", "--auto-approve"]).expect_code(0);
+    changed.run(&["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(field(&published(&changed), "SMTP_PASS"), OTHER_PASSWORD);
-    opsplan(&changed, &["plan", "--detailed-exitcode"]).expect_code(0);
+    changed.run(&["plan", "--detailed-exitcode"]).expect_code(0);
 }
 
 #[test]
@@ -513,13 +486,14 @@ fn other_fields_show_before_and_after() {
     let mut project = Project::new();
     with_credentials(&mut project, PASSWORD);
     project.config(&smtp_section(&servers, servers.starttls, "starttls", ""));
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
 
     project.config(
         &smtp_section(&servers, servers.starttls, "starttls", "")
             .replace(FROM, "Alerts <alerts@example.com>"),
     );
-    opsplan(&project, &["plan"])
+    project
+        .run(&["plan"])
         .expect_code(0)
         .expect_contains(&format!(
             "  ~ mail.settings\n      from: {FROM} -> Alerts <alerts@example.com>\n"
@@ -534,7 +508,7 @@ fn switching_to_console_removes_the_smtp_fields_and_keeps_unmanaged_ones() {
     let mut project = Project::new();
     with_credentials(&mut project, PASSWORD);
     project.config(&smtp_section(&servers, servers.starttls, "starttls", ""));
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
 
     // A field the application reads that opsplan does not manage.
     let path = project.path().join(".opsplan/mail.json");
@@ -543,7 +517,7 @@ fn switching_to_console_removes_the_smtp_fields_and_keeps_unmanaged_ones() {
     std::fs::write(&path, serde_json::to_string(&document).unwrap()).unwrap();
 
     project.config("[mail]\nprovider = \"console\"\n");
-    let plan = opsplan(&project, &["plan"]);
+    let plan = project.run(&["plan"]);
     plan.expect_code(0).expect_contains(&format!(
         "  ~ mail.settings\n      provider: smtp -> console\n      host:     127.0.0.1 -> \
          (none)\n      port:     {} -> (none)\n      tls:      starttls -> (none)\n      \
@@ -554,7 +528,7 @@ fn switching_to_console_removes_the_smtp_fields_and_keeps_unmanaged_ones() {
     assert_lacks(&plan, PASSWORD);
     assert_lacks(&plan, "MAIL_RETRY_LIMIT");
 
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     let settings = published(&project);
     let mut names: Vec<&str> = settings.keys().map(String::as_str).collect();
     names.sort();
@@ -569,13 +543,13 @@ fn switching_to_console_removes_the_smtp_fields_and_keeps_unmanaged_ones() {
 fn console_provider_runs_with_nothing_installed() {
     let project = Project::new();
     project.config("[mail]\nprovider = \"console\"\n");
-    let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let plan = project.run(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
         .expect_contains("mail.settings: no settings published yet (file ")
         .expect_contains("  + mail.settings\n      provider: console\n");
     assert_lacks(&plan, "check smtp");
 
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     let settings = published(&project);
     assert_eq!(field(&settings, "MAIL_PROVIDER"), "console");
     assert!(!settings.contains_key("SMTP_HOST"));
@@ -592,18 +566,18 @@ fn console_provider_runs_with_nothing_installed() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    opsplan(&project, &["plan", "--detailed-exitcode"]).expect_code(0);
+    project.run(&["plan", "--detailed-exitcode"]).expect_code(0);
 }
 
 #[test]
 fn console_is_refused_in_production() {
     let project = Project::new();
     project.config("[project]\nenvironment = \"production\"\n\n[mail]\nprovider = \"console\"\n");
-    opsplan(&project, &["plan"]).expect_code(1).expect_contains(
+    project.run(&["plan"]).expect_code(1).expect_contains(
         "error: ops.toml:5:12: mail provider `console` is refused when project.environment \
          is \"production\"",
     );
-    opsplan(&project, &["validate"]).expect_code(1);
+    project.run(&["validate"]).expect_code(1);
 }
 
 #[test]
@@ -618,10 +592,7 @@ fn a_second_apply_waits_for_the_settings_lock_and_names_its_holder() {
         .expect("take the lock as another apply would");
     writeln!(held, "deployer@ci-7 pid 4242 since 2026-01-01T00:00:00Z").unwrap();
 
-    let apply = opsplan(
-        &project,
-        &["apply", "--auto-approve", "--lock-timeout", "1s"],
-    );
+    let apply = project.run(&["apply", "--auto-approve", "--lock-timeout", "1s"]);
     apply
         .expect_code(1)
         .expect_contains("Waiting for the mail.settings lock, held by deployer@ci-7 pid 4242")
@@ -632,7 +603,7 @@ fn a_second_apply_waits_for_the_settings_lock_and_names_its_holder() {
     assert!(!project.path().join(".opsplan/mail.json").exists());
 
     held.unlock().unwrap();
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
 }
 
 fn redis() -> Option<redis::Connection> {
@@ -673,13 +644,13 @@ fn queue_key_that_does_not_exist_yet_is_reported_and_left_alone() {
     };
     let key = RedisKey(unique_name("opsplan:mail:missing"));
     let project = queue_project(&key.0, "");
-    let plan = opsplan(&project, &["plan"]);
+    let plan = project.run(&["plan"]);
     plan.expect_code(0).expect_contains(&format!(
         "check queue: ok (redis://{REDIS}/0 key `{}` does not exist yet; the first message \
          pushed creates it)",
         key.0
     ));
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(field(&published(&project), "MAIL_QUEUE_KEY"), key.0);
     let exists: i64 = redis::cmd("EXISTS")
         .arg(&key.0)
@@ -700,7 +671,7 @@ fn queue_list_length_is_reported_and_the_list_is_untouched_by_apply() {
         .query(&mut connection)
         .unwrap();
     let project = queue_project(&key.0, "backlog_warning = 2");
-    let plan = opsplan(&project, &["plan"]);
+    let plan = project.run(&["plan"]);
     plan.expect_code(0)
         .expect_contains(&format!(
             "check queue: ok (redis://{REDIS}/0 key `{}` is a list of 3 message(s))",
@@ -711,7 +682,7 @@ fn queue_list_length_is_reported_and_the_list_is_untouched_by_apply() {
              mail.queue.backlog_warning (2): is the mail worker running?",
             key.0
         ));
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     let items: Vec<String> = redis::cmd("LRANGE")
         .arg(&key.0)
         .arg(0)
@@ -738,10 +709,12 @@ fn queue_key_of_another_type_is_an_error_and_is_never_touched() {
          consume it. opsplan never deletes or overwrites it",
         key.0
     );
-    opsplan(&project, &["plan"])
+    project
+        .run(&["plan"])
         .expect_code(1)
         .expect_contains(&expected);
-    opsplan(&project, &["apply", "--auto-approve"])
+    project
+        .run(&["apply", "--auto-approve"])
         .expect_code(1)
         .expect_contains(&expected);
     let value: String = redis::cmd("GET")
@@ -768,7 +741,8 @@ fn queue_key_comes_from_the_runbook_variable() {
     project.config(&format!(
         "[mail]\nprovider = \"console\"\n[mail.queue]\nurl = \"redis://{REDIS}/0\"\n"
     ));
-    opsplan(&project, &["plan"])
+    project
+        .run(&["plan"])
         .expect_code(0)
         .expect_contains(&format!("      queue_key: {}\n", key.0));
 }
@@ -784,7 +758,7 @@ fn unreachable_or_silent_redis_is_a_bounded_error_without_the_url_password() {
          [mail.queue]\nurl = \"redis://:redis-pw-not-for-logs@127.0.0.1:{closed_port}/0\"\n\
          key = \"mail:outbox\"\n"
     ));
-    let plan = opsplan(&project, &["plan"]);
+    let plan = project.run(&["plan"]);
     plan.expect_code(1).expect_contains(&format!(
         "Redis redis://:***@127.0.0.1:{closed_port}/0: cannot connect"
     ));
@@ -826,20 +800,20 @@ fn password_appears_nowhere_in_output_or_logs() {
     ];
 
     let mut runs = vec![
-        opsplan(&project, &["-vv", "plan"]),
-        opsplan(&project, &["-vv", "apply", "--auto-approve"]),
+        project.run(&["-vv", "plan"]),
+        project.run(&["-vv", "apply", "--auto-approve"]),
     ];
-    let mut trace = command(&project, &["plan"]);
+    let mut trace = project.command(&["plan"]);
     trace.env("RUST_LOG", "trace");
     runs.push(trace.output().unwrap().into());
 
     // A changed password, and a refused one, at the highest verbosity.
-    let mut changed = command(&project, &["-vv", "plan"]);
+    let mut changed = project.command(&["-vv", "plan"]);
     changed
         .env("SMTP_PASS", OTHER_PASSWORD)
         .env("RUST_LOG", "trace");
     runs.push(changed.output().unwrap().into());
-    let mut refused = command(&project, &["-vv", "apply", "--auto-approve"]);
+    let mut refused = project.command(&["-vv", "apply", "--auto-approve"]);
     refused
         .env("SMTP_PASS", "wrong-pw-not-for-logs")
         .env("RUST_LOG", "trace");

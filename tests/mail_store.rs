@@ -11,33 +11,6 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "vault-pw-not-for-logs";
 const OTHER_PASSWORD: &str = "second-vault-pw-not-for-logs";
 
-/// The runbook's variables that would leak into a test from the machine's environment.
-const AMBIENT: &[&str] = &[
-    "MAIL_PROVIDER",
-    "SMTP_HOST",
-    "SMTP_PORT",
-    "SMTP_USER",
-    "SMTP_PASS",
-    "SMTP_FROM",
-    "MAIL_QUEUE_KEY",
-    "VAULT_ADDR",
-    "VAULT_TOKEN",
-    "VAULT_KV_PATH",
-    "VAULT_NAMESPACE",
-    "VAULT_CACERT",
-    "KMS_PROVIDER",
-];
-
-fn opsplan(project: &Project, args: &[&str]) -> Run {
-    let mut command = project.command(args);
-    for name in AMBIENT {
-        if !project.env.iter().any(|(set, _)| set == name) {
-            command.env_remove(name);
-        }
-    }
-    command.output().expect("run opsplan").into()
-}
-
 #[track_caller]
 fn assert_lacks(run: &Run, text: &str) {
     assert!(
@@ -99,7 +72,7 @@ fn publish_and_change_the_password(version: u8) {
         }
     };
 
-    let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let plan = project.run(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
         .expect_contains(&format!(
             "mail.settings: no settings published yet (vault {}/{mount}/app/mail; SMTP \
@@ -110,7 +83,7 @@ fn publish_and_change_the_password(version: u8) {
         .expect_contains("      password: (sensitive)\n");
     assert_lacks(&plan, PASSWORD);
 
-    let apply = opsplan(&project, &["apply", "--auto-approve"]);
+    let apply = project.run(&["apply", "--auto-approve"]);
     apply.expect_code(0).expect_contains(&format!(
         "mail.settings: done (7 setting(s) published to vault {}/{mount}/app/mail)",
         bao.addr
@@ -129,34 +102,31 @@ fn publish_and_change_the_password(version: u8) {
     if version == 2 {
         assert_eq!(bao.kv2_get(&mount, "app/mail").0, 1);
     }
-    opsplan(&project, &["plan", "--detailed-exitcode"]).expect_code(0);
-    opsplan(&project, &["drift"]).expect_code(0);
+    project.run(&["plan", "--detailed-exitcode"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
 
     let project = with_password(project, OTHER_PASSWORD);
-    let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let plan = project.run(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
         .expect_contains("~ mail.settings\n      password: changed\n\n")
         .expect_contains("Plan: 0 to add, 1 to change, 0 to destroy.");
     assert_lacks(&plan, PASSWORD);
     assert_lacks(&plan, OTHER_PASSWORD);
     let saved = project.path().join("mail.plan");
-    let out = opsplan(
-        &project,
-        &["plan", "--out", saved.to_str().unwrap(), "--format", "json"],
-    );
+    let out = project.run(&["plan", "--out", saved.to_str().unwrap(), "--format", "json"]);
     out.expect_code(0);
     assert_lacks(&out, OTHER_PASSWORD);
     let saved_text = std::fs::read_to_string(&saved).unwrap();
     assert!(!saved_text.contains(PASSWORD) && !saved_text.contains(OTHER_PASSWORD));
 
     // Only pending work: the store was not touched.
-    let drift = opsplan(&project, &["drift"]);
+    let drift = project.run(&["drift"]);
     drift
         .expect_code(0)
         .expect_contains("No drift")
         .expect_contains("~ mail.settings: update the mail settings in vault");
 
-    let apply = opsplan(&project, &["-vv", "apply", saved.to_str().unwrap()]);
+    let apply = project.run(&["-vv", "apply", saved.to_str().unwrap()]);
     apply.expect_code(0);
     assert_lacks(&apply, PASSWORD);
     assert_lacks(&apply, OTHER_PASSWORD);
@@ -164,7 +134,7 @@ fn publish_and_change_the_password(version: u8) {
     if version == 2 {
         assert_eq!(bao.kv2_get(&mount, "app/mail").0, 2);
     }
-    opsplan(&project, &["plan", "--detailed-exitcode"]).expect_code(0);
+    project.run(&["plan", "--detailed-exitcode"]).expect_code(0);
 }
 
 #[test]
@@ -235,38 +205,39 @@ fn vault_settings_edited_by_hand_are_drift() {
         return;
     };
     let project = vault_mail_project(&bao, &servers, "secret/app/mail");
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     let (_, mut data) = bao.kv2_get("secret", "app/mail");
     data["SMTP_PASS"] = json!("typed-by-hand-not-for-logs");
     bao.kv2_put("secret", "app/mail", data);
 
-    let drift = opsplan(&project, &["drift"]);
+    let drift = project.run(&["drift"]);
     drift
         .expect_code(2)
         .expect_contains("! mail.settings: SMTP_PASS changed outside opsplan\n");
     assert_lacks(&drift, "typed-by-hand-not-for-logs");
     assert_lacks(&drift, PASSWORD);
-    let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let plan = project.run(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
         .expect_contains("      password: changed\n");
     assert_lacks(&plan, "typed-by-hand-not-for-logs");
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(bao.kv2_get("secret", "app/mail").1["SMTP_PASS"], PASSWORD);
-    opsplan(&project, &["drift"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
 
     // The whole secret deleted: drift, and apply publishes it again with cas = 3.
     let (status, _) = bao.root("DELETE", "secret/data/app/mail", None);
     assert_eq!(status, 204);
-    opsplan(&project, &["drift"])
+    project
+        .run(&["drift"])
         .expect_code(2)
         .expect_contains(&format!(
             "! mail.settings: the published settings were deleted from vault \
              {}/secret/app/mail (latest version 3 has no data)",
             bao.addr
         ));
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     assert_eq!(bao.kv2_get("secret", "app/mail").0, 4);
-    opsplan(&project, &["drift"]).expect_code(0);
+    project.run(&["drift"]).expect_code(0);
 }
 
 fn console_project() -> Project {
@@ -286,8 +257,9 @@ fn edit_published(project: &Project, edit: impl FnOnce(&mut serde_json::Map<Stri
 #[test]
 fn a_hand_edit_of_the_settings_file_is_drift_that_apply_corrects() {
     let project = console_project();
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
-    opsplan(&project, &["drift"])
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    project
+        .run(&["drift"])
         .expect_code(0)
         .expect_contains("No drift");
 
@@ -297,7 +269,7 @@ fn a_hand_edit_of_the_settings_file_is_drift_that_apply_corrects() {
         settings.insert("SMTP_PASS".into(), json!("hand-typed-not-for-logs"));
         settings.insert("MAIL_RETRY_LIMIT".into(), json!("5"));
     });
-    let drift = opsplan(&project, &["drift"]);
+    let drift = project.run(&["drift"]);
     drift
         .expect_code(2)
         .expect_contains("Drift: 3 out-of-band change(s) to what opsplan applied:")
@@ -310,22 +282,23 @@ fn a_hand_edit_of_the_settings_file_is_drift_that_apply_corrects() {
     assert_lacks(&drift, "hand-typed-not-for-logs");
     assert_lacks(&drift, "MAIL_RETRY_LIMIT");
 
-    let json = opsplan(&project, &["drift", "--format", "json"]);
+    let json = project.run(&["drift", "--format", "json"]);
     json.expect_code(2);
     let report: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(report["drift"].as_array().unwrap().len(), 3);
     assert_eq!(report["drift"][0]["address"], "mail.settings");
 
-    let plan = opsplan(&project, &["plan", "--detailed-exitcode"]);
+    let plan = project.run(&["plan", "--detailed-exitcode"]);
     plan.expect_code(2)
         .expect_contains("      provider: smtp -> console\n")
         .expect_contains("      host:     mail.example.net -> (none)");
     assert_lacks(&plan, "hand-typed-not-for-logs");
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
-    opsplan(&project, &["drift"])
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    project
+        .run(&["drift"])
         .expect_code(0)
         .expect_contains("No drift");
-    opsplan(&project, &["plan", "--detailed-exitcode"]).expect_code(0);
+    project.run(&["plan", "--detailed-exitcode"]).expect_code(0);
 }
 
 fn queue_config(key: &str) -> String {
@@ -343,21 +316,22 @@ fn a_hand_edit_that_matches_the_configuration_is_published_again() {
     }
     let key = common::unique_name("opsplan:mail:drift");
     let project = console_project();
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     edit_published(&project, |settings| {
         settings.insert("MAIL_QUEUE_KEY".into(), json!(key));
     });
     project.config(&queue_config(&key));
 
-    let drift = opsplan(&project, &["drift"]);
+    let drift = project.run(&["drift"]);
     drift
         .expect_code(2)
         .expect_contains(&format!(
             "! mail.settings: MAIL_QUEUE_KEY added outside opsplan (now `{key}`)"
         ))
         .expect_contains("over the edits made outside opsplan");
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
-    opsplan(&project, &["drift"])
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
+    project
+        .run(&["drift"])
         .expect_code(0)
         .expect_contains("No drift")
         .expect_contains("Pending: nothing");
@@ -371,16 +345,16 @@ fn a_changed_configuration_with_an_untouched_store_is_pending_work_only() {
     }
     let key = common::unique_name("opsplan:mail:pending");
     let project = console_project();
-    opsplan(&project, &["apply", "--auto-approve"]).expect_code(0);
+    project.run(&["apply", "--auto-approve"]).expect_code(0);
     project.config(&queue_config(&key));
 
-    let drift = opsplan(&project, &["drift"]);
+    let drift = project.run(&["drift"]);
     drift
         .expect_code(0)
         .expect_contains("No drift: live state matches what opsplan applied.")
         .expect_contains("Pending: 1 change(s)")
         .expect_contains("~ mail.settings: update the mail settings in file ");
-    let json = opsplan(&project, &["drift", "--format", "json"]);
+    let json = project.run(&["drift", "--format", "json"]);
     let report: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(report["drift"], json!([]));
     assert_eq!(report["pending"][0]["address"], "mail.settings");

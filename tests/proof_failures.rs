@@ -32,30 +32,9 @@ const SLACK: Duration = Duration::from_secs(4);
 /// A run that lasts this long has hung.
 const HANG: Duration = Duration::from_secs(60);
 
-const MAIL_VARIABLES: &[&str] = &[
-    "MAIL_PROVIDER",
-    "SMTP_HOST",
-    "SMTP_PORT",
-    "SMTP_USER",
-    "SMTP_PASS",
-    "SMTP_FROM",
-    "MAIL_QUEUE_KEY",
-    "KMS_PROVIDER",
-    "VAULT_ADDR",
-    "VAULT_TOKEN",
-    "VAULT_KV_PATH",
-    "HMAC_SECRETS",
-    "HMAC_SECRET",
-];
-
 /// Runs opsplan, killing it (and failing the scenario) if it outlives [`HANG`].
 fn run_bounded(project: &Project, args: &[&str]) -> (Run, Duration) {
     let mut command = project.command(args);
-    for name in MAIL_VARIABLES {
-        if !project.env.iter().any(|(set, _)| set == name) {
-            command.env_remove(name);
-        }
-    }
     let started = Instant::now();
     let mut child = command
         .stdout(Stdio::piped())

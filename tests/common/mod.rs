@@ -82,6 +82,31 @@ impl From<Output> for Run {
     }
 }
 
+/// The variables opsplan reads (the runbook's and its own), which a test sets explicitly
+/// with [`Project::set_env`] or not at all: none comes from the machine's environment.
+pub const AMBIENT: &[&str] = &[
+    "OPSPLAN_CONFIG",
+    "OPSPLAN_ENVIRONMENT",
+    "RUST_LOG",
+    "DATABASE_URL",
+    "KMS_PROVIDER",
+    "HMAC_SECRETS",
+    "HMAC_SECRET",
+    "VAULT_ADDR",
+    "VAULT_TOKEN",
+    "VAULT_KV_PATH",
+    "VAULT_NAMESPACE",
+    "VAULT_CACERT",
+    "MAIL_PROVIDER",
+    "SMTP_HOST",
+    "SMTP_PORT",
+    "SMTP_USER",
+    "SMTP_PASS",
+    "SMTP_FROM",
+    "MAIL_QUEUE_KEY",
+    "PROMETHEUS_URL",
+];
+
 /// A temporary project: `ops.toml`, `db/migrations/`, and an environment for the binary.
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -138,10 +163,10 @@ impl Project {
             .args(args)
             .current_dir(self.path())
             .stdin(Stdio::null())
-            .env_remove("DATABASE_URL")
-            .env_remove("OPSPLAN_CONFIG")
-            .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
+        for name in AMBIENT {
+            command.env_remove(name);
+        }
         for (name, value) in &self.env {
             command.env(name, value);
         }
